@@ -1,0 +1,3 @@
+# Tests of the io module: idx reader, HDF5 tensor files, ViT model files.
+tfuse_add_test_exe(test_io_idx test_io_idx.c)
+tfuse_add_mpi_test(NAME io_idx TARGET test_io_idx RANKS 1)
