@@ -150,7 +150,9 @@ void vit_adamw_free(vit_adamw **opt);
 void vit_adamw_step(vit_adamw *opt, vit_model *model, const float *grads, double lr);
 
 /* Learning rate at `step` (0-based) of a linear warmup over warmup_steps to peak_lr, then a
- * cosine decay to min_lr at total_steps. */
+ * cosine decay to min_lr at total_steps. Warmup step s gets peak_lr * (s + 1) / warmup_steps,
+ * so step warmup_steps - 1 and step warmup_steps both get peak_lr; steps from total_steps on
+ * get min_lr. */
 double tf_cosine_lr(int64_t step, int64_t warmup_steps, int64_t total_steps, double peak_lr,
                     double min_lr);
 

@@ -1,0 +1,182 @@
+/* Gradient check of vit_backward against finite differences of vit_forward's loss, on a
+ * tiny model with random parameters, for a random subset of entries of every tensor and for
+ * three LayerNorm epsilons. Also checks the configuration and argument guards. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "testutil.h"
+#include "tfuse/vit.h"
+
+static vit_config tiny_config(double eps)
+{
+    vit_config c = {.image_size = 8,
+                    .channels = 2,
+                    .patch = 4,
+                    .d = 8,
+                    .layers = 2,
+                    .heads = 2,
+                    .mlp = 16,
+                    .classes = 3,
+                    .ln_eps = eps};
+    return c;
+}
+
+/* Random parameters of order one, so that every path of the network carries signal:
+ * weights N(0, 0.4^2), LayerNorm gains 1 + N(0, 0.2^2), everything else N(0, 0.2^2). */
+static void randomize(vit_model *m, uint64_t seed)
+{
+    tf_rng rng;
+    tf_rng_seed(&rng, seed);
+    for (int k = 0; k < VIT_NUM_PARAMS; k++) {
+        int gain = k == VIT_LN1_G || k == VIT_LN2_G || k == VIT_LNF_G;
+        int weight = k == VIT_PATCH_W || k == VIT_QKV_W || k == VIT_PROJ_W || k == VIT_FC1_W ||
+                     k == VIT_FC2_W || k == VIT_HEAD_W;
+        for (int64_t i = 0; i < m->size[k]; i++) {
+            double z = tf_rng_normal(&rng);
+            m->p[k][i] = (float)(gain ? 1.0 + 0.2 * z : (weight ? 0.4 : 0.2) * z);
+        }
+    }
+}
+
+static double loss_at(vit_model *m, vit_acts *a, const float *images, const int *labels, int B)
+{
+    float loss = 0.0f;
+    if (vit_forward(m, a, images, labels, B, &loss) != TF_OK) TF_DIE("%s", tf_error_get());
+    return loss;
+}
+
+/* Fourth-order central difference of the loss in parameter index i:
+ * (8 (L(+h) - L(-h)) - (L(+2h) - L(-2h))) / (12 h). */
+static double numeric_grad(vit_model *m, vit_acts *a, const float *images, const int *labels, int B,
+                           int64_t i)
+{
+    float saved = m->params[i];
+    double h = 1e-2 * fmax(1.0, fabs(saved));
+    double f[4];
+    const double offsets[4] = {h, -h, 2 * h, -2 * h};
+    for (int k = 0; k < 4; k++) {
+        m->params[i] = (float)(saved + offsets[k]);
+        f[k] = loss_at(m, a, images, labels, B);
+    }
+    m->params[i] = saved;
+    return (8.0 * (f[0] - f[1]) - (f[2] - f[3])) / (12.0 * h);
+}
+
+static void check_gradients(double eps)
+{
+    vit_config cfg = tiny_config(eps);
+    enum { B = 3 };
+    vit_model *m = NULL;
+    vit_acts *a = NULL;
+    TU_CHECK(vit_model_create(&cfg, &m) == TF_OK, "model_create: %s", tf_error_get());
+    TU_CHECK(vit_acts_create(&cfg, B, &a) == TF_OK, "acts_create: %s", tf_error_get());
+    randomize(m, 11);
+
+    int64_t pixels = (int64_t)B * cfg.channels * cfg.image_size * cfg.image_size;
+    float *images = malloc((size_t)pixels * sizeof(float));
+    float *grads = malloc((size_t)m->num_params * sizeof(float));
+    tf_rng rng;
+    tf_rng_seed(&rng, 5);
+    for (int64_t i = 0; i < pixels; i++) images[i] = (float)tf_rng_normal(&rng);
+    int labels[B] = {2, 0, 1};
+
+    loss_at(m, a, images, labels, B);
+    TU_CHECK(vit_backward(m, a, labels, grads) == TF_OK, "backward: %s", tf_error_get());
+
+    /* Up to 16 entries of each tensor; pass if |analytic - numeric| <= 1e-4 + 1e-2 |numeric|.
+     * The atol covers float rounding in the loss, about 1e-7 / h. */
+    printf("LayerNorm eps %g\n", eps);
+    for (int k = 0; k < VIT_NUM_PARAMS; k++) {
+        int64_t off = m->p[k] - m->params, n = m->size[k];
+        int samples = n < 16 ? (int)n : 16;
+        double worst = 0.0, worst_rel = 0.0;
+        int bad = 0;
+        for (int s = 0; s < samples; s++) {
+            int64_t i = off + (n <= 16 ? s : tf_rng_below(&rng, n));
+            double num = numeric_grad(m, a, images, labels, B, i);
+            double err = fabs(grads[i] - num);
+            if (err > worst) worst = err;
+            double rel = err / fmax(fabs(num), 1e-3);
+            if (rel > worst_rel) worst_rel = rel;
+            if (err > 1e-4 + 1e-2 * fabs(num)) {
+                if (bad++ < 3)
+                    fprintf(stderr, "  %s[%lld]: analytic %.6g, numeric %.6g\n", vit_param_name(k),
+                            (long long)(i - off), grads[i], num);
+            }
+        }
+        printf("  %-7s max abs error %.2e, max rel error %.2e over %d entries\n", vit_param_name(k),
+               worst, worst_rel, samples);
+        TU_CHECK(bad == 0, "gradient of %s (eps %g): %d of %d entries differ", vit_param_name(k),
+                 eps, bad, samples);
+    }
+    free(images);
+    free(grads);
+    vit_acts_free(&a);
+    vit_model_free(&m);
+}
+
+static void check_guards(void)
+{
+    vit_config good = tiny_config(1e-6), c;
+    vit_model *m = NULL;
+    c = good, c.patch = 3;
+    TU_CHECK(vit_model_create(&c, &m) == TF_ERR_ARG && !m, "patch not dividing image accepted");
+    c = good, c.heads = 3;
+    TU_CHECK(vit_config_validate(&c) == TF_ERR_ARG, "d not a multiple of heads accepted");
+    c = good, c.layers = 0;
+    TU_CHECK(vit_config_validate(&c) == TF_ERR_ARG, "zero layers accepted");
+    c = good, c.ln_eps = 0.0;
+    TU_CHECK(vit_config_validate(&c) == TF_ERR_ARG, "zero LayerNorm eps accepted");
+    c = good, c.ln_eps = NAN;
+    TU_CHECK(vit_config_validate(&c) == TF_ERR_ARG, "NaN LayerNorm eps accepted");
+    TU_CHECK(vit_config_validate(&good) == TF_OK, "valid config rejected: %s", tf_error_get());
+
+    /* Sizes and names of the parameter table. */
+    TU_CHECK(vit_model_create(&good, &m) == TF_OK, "model_create: %s", tf_error_get());
+    int64_t total = 0;
+    for (int k = 0; k < VIT_NUM_PARAMS; k++) total += m->size[k];
+    TU_CHECK(total == m->num_params, "sizes sum to %lld, num_params %lld", (long long)total,
+             (long long)m->num_params);
+    /* patch_w 8x32, patch_b 8, cls 8, pos 5x8, 2 layers of (2*8 + 24*8 + 24 + 64 + 8 + 2*8
+     * + 128 + 16 + 128 + 8), lnf 2*8, head 3x8 + 3. */
+    TU_CHECK(m->num_params == 256 + 8 + 8 + 40 + 2 * 600 + 16 + 27, "num_params %lld",
+             (long long)m->num_params);
+    int64_t dims[4];
+    TU_CHECK(vit_param_shape(&good, VIT_QKV_W, dims) == 3 && dims[0] == 2 && dims[1] == 24 &&
+                 dims[2] == 8,
+             "qkv_w shape");
+    TU_CHECK(vit_param_name(VIT_FC1_W)[0] == 'f', "name of fc1_w is %s", vit_param_name(VIT_FC1_W));
+
+    /* Batch and label guards. */
+    vit_acts *a = NULL;
+    TU_CHECK(vit_acts_create(&good, 0, &a) == TF_ERR_ARG, "max_batch 0 accepted");
+    TU_CHECK(vit_acts_create(&good, 2, &a) == TF_OK, "acts_create: %s", tf_error_get());
+    float images[2 * 2 * 64] = {0};
+    int labels[2] = {0, 3};
+    float loss = 0.0f, grads[2048];
+    TU_CHECK(vit_backward(m, a, labels, grads) == TF_ERR_ARG, "backward before forward accepted");
+    TU_CHECK(vit_forward(m, a, images, NULL, 3, NULL) == TF_ERR_ARG, "batch above max accepted");
+    TU_CHECK(vit_forward(m, a, images, labels, 2, &loss) == TF_ERR_ARG, "label 3 of 3 accepted");
+    labels[1] = 1;
+    TU_CHECK(vit_forward(m, a, images, labels, 2, &loss) == TF_OK, "forward: %s", tf_error_get());
+    TU_CHECK(fabsf(loss - logf(3.0f)) < 1e-6f, "zero model loss %g, expected ln 3", loss);
+    vit_acts_free(&a);
+    vit_acts_free(&a);
+    TU_CHECK(a == NULL, "acts_free did not null the pointer");
+    vit_model_free(&m);
+    vit_model_free(&m);
+    TU_CHECK(m == NULL, "model_free did not null the pointer");
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    check_guards();
+    check_gradients(1e-12);
+    check_gradients(1e-6);
+    check_gradients(1e-5);
+    int rc = tu_finish("test_vit_grad");
+    MPI_Finalize();
+    return rc;
+}
