@@ -12,3 +12,8 @@ add_test(NAME vit_determinism_blas2 COMMAND test_vit_determinism)
 set_tests_properties(vit_determinism_blas2 PROPERTIES
   ENVIRONMENT "OPENBLAS_NUM_THREADS=2;OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
   TIMEOUT 120 PROCESSORS 2)
+
+# Comparison with an independent PyTorch implementation in float64.
+tfuse_add_test_exe(test_vit_torch ${CMAKE_CURRENT_SOURCE_DIR}/test_vit_torch.c)
+tfuse_add_mpi_test(NAME vit_torch TARGET test_vit_torch RANKS 1 TIMEOUT 300
+  ARGS ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/vit_torch_ref.py)
