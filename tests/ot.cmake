@@ -1,0 +1,11 @@
+# Tests of the OT module. POT's answers are generated at test time by tests/ot_oracle.py
+# (run by TFUSE_PYTHON) into the build directory; the C tests then read them.
+add_test(NAME ot_oracle_generate
+  COMMAND ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/ot_oracle.py
+          ${CMAKE_CURRENT_BINARY_DIR}/ot_oracle)
+set_tests_properties(ot_oracle_generate PROPERTIES FIXTURES_SETUP ot_oracle TIMEOUT 300)
+
+tfuse_add_test_exe(test_ot_oracle test_ot_oracle.c)
+tfuse_add_mpi_test(NAME ot_oracle TARGET test_ot_oracle RANKS 1
+  ARGS ${CMAKE_CURRENT_BINARY_DIR}/ot_oracle)
+set_tests_properties(ot_oracle_np1 PROPERTIES FIXTURES_REQUIRED ot_oracle)
