@@ -17,3 +17,7 @@ set_tests_properties(vit_determinism_blas2 PROPERTIES
 tfuse_add_test_exe(test_vit_torch ${CMAKE_CURRENT_SOURCE_DIR}/test_vit_torch.c)
 tfuse_add_mpi_test(NAME vit_torch TARGET test_vit_torch RANKS 1 TIMEOUT 300
   ARGS ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/vit_torch_ref.py)
+
+# Short training run on a learnable synthetic task.
+tfuse_add_test_exe(test_vit_train ${CMAKE_CURRENT_SOURCE_DIR}/test_vit_train.c)
+tfuse_add_mpi_test(NAME vit_train TARGET test_vit_train RANKS 1 TIMEOUT 120)
