@@ -1,7 +1,67 @@
+/* tfuse-mpi: runs a job file under MPI.
+ *
+ *   mpirun -n 4 tfuse-mpi [--validate] [--verbose] job.json
+ */
 #include "tfuse/common.h"
+#include "tfuse/job.h"
+#include "tfuse/runner.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void print_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: mpirun -n N tfuse-mpi [--validate] [--verbose] JOB.json\n"
+            "\n"
+            "Runs the tasks of a job file (train ViT parents, fuse them with optimal\n"
+            "transport); the schema is in docs/JOBS.md.\n"
+            "\n"
+            "  --validate  check the job file, its inputs and outputs, then exit\n"
+            "  --verbose   print debug messages (per-problem OT sizes and timings)\n"
+            "  --help      print this help\n");
+}
 
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
-    TF_DIE("no job runner yet");
+    const char *job_path = NULL;
+    int validate_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--validate") == 0) {
+            validate_only = 1;
+        } else if (strcmp(argv[i], "--verbose") == 0) {
+            tf_log_set_level(TF_LOG_DEBUG);
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            if (tf_world_rank() == 0) print_usage(stdout);
+            MPI_Finalize();
+            return 0;
+        } else if (argv[i][0] == '-') {
+            if (tf_world_rank() == 0) print_usage(stderr);
+            TF_DIE("unknown option %s", argv[i]);
+        } else if (job_path) {
+            TF_DIE("more than one job file given (%s and %s); pass one", job_path, argv[i]);
+        } else {
+            job_path = argv[i];
+        }
+    }
+    if (!job_path) {
+        if (tf_world_rank() == 0) print_usage(stderr);
+        TF_DIE("no job file given");
+    }
+
+    job_file *job = NULL;
+    tf_status st = job_file_load(job_path, &job);
+    if (st != TF_OK) TF_DIE("%s", tf_error_get());
+    double t0 = tf_seconds();
+    st = runner_run_job(MPI_COMM_WORLD, job, validate_only);
+    if (st != TF_OK) TF_DIE("%s", tf_error_get());
+    if (validate_only)
+        TF_INFO("%s: valid (%d tasks)", job_path, job->n_tasks);
+    else
+        TF_INFO("%s: all %d tasks finished in %.1f s", job_path, job->n_tasks, tf_seconds() - t0);
+    job_file_free(&job);
+    MPI_Finalize();
+    return 0;
 }

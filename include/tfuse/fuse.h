@@ -1,0 +1,104 @@
+/* Transformer fusion with optimal transport (Imfeld et al., "Transformer Fusion with
+ * Optimal Transport", ICLR 2024), for ViT models.
+ *
+ * Each non-anchor parent is aligned to the anchor: for every group of neurons that can be
+ * permuted without changing the function (the residual stream, the shared Q/K space and
+ * the V space of each attention layer, the MLP hidden layer of each layer), a transport
+ * plan between the parent's and the anchor's neurons is solved, and the parent's weights
+ * are moved into the anchor's basis with it. The fused model is the weighted average of
+ * the aligned parents.
+ *
+ * Notation: a plan between a parent group of width n and the anchor group of width m is
+ * (n, m), row-major double, total mass 1. */
+#ifndef TFUSE_FUSE_H
+#define TFUSE_FUSE_H
+
+#include "tfuse/common.h"
+#include "tfuse/vit.h"
+
+enum fuse_solver { FUSE_SOLVER_EXACT, FUSE_SOLVER_SINKHORN };
+
+/* How the maps of the residual stream are formed. */
+enum fuse_residual {
+    FUSE_RESIDUAL_JOINT,    /* one map for the whole stream, from the stream's activations at
+                               the embedding and after every residual join, concatenated */
+    FUSE_RESIDUAL_MEAN,     /* a map per join: mean of the skip's and the branch's plans */
+    FUSE_RESIDUAL_WEIGHTED, /* per join: plans weighted by the branch's and the skip's RMS
+                               activation in the anchor (one scalar per join) */
+    FUSE_RESIDUAL_SKIP,     /* per join: keep the skip's plan */
+    FUSE_RESIDUAL_BRANCH,   /* per join: take the branch's plan */
+    FUSE_RESIDUAL_IDENTITY  /* the identity plan everywhere on the stream (equal widths) */
+};
+
+/* Which tokens of each calibration image count as samples of a neuron's activations. */
+enum fuse_tokens { FUSE_TOKENS_ALL, FUSE_TOKENS_CLS, FUSE_TOKENS_WINDOW };
+
+enum fuse_distance { FUSE_DIST_EUCLIDEAN, FUSE_DIST_SQEUCLIDEAN, FUSE_DIST_COSINE };
+enum fuse_norm { FUSE_NORM_MAX, FUSE_NORM_MEAN, FUSE_NORM_MEDIAN, FUSE_NORM_NONE };
+
+/* Attention alignment. */
+enum fuse_attention {
+    FUSE_ATTN_SHARED_QK,  /* Q and K share one map from their concatenated features; V own map */
+    FUSE_ATTN_HEAD_AWARE  /* a permutation of heads, then maps within each head */
+};
+
+typedef struct {
+    enum fuse_solver solver;       /* default solver */
+    double epsilon;                /* Sinkhorn regularizer on the normalized cost */
+    enum fuse_solver solver_attn;  /* solver for Q/K and V maps */
+    enum fuse_solver solver_mlp;   /* solver for MLP hidden maps */
+    enum fuse_solver solver_stream;/* solver for residual stream maps */
+    enum fuse_residual residual;
+    enum fuse_attention attention;
+    enum fuse_tokens tokens;
+    int window;                    /* side k of the central k x k patch window (FUSE_TOKENS_WINDOW) */
+    int zscore;                    /* 1: z-score each neuron's activations over the samples */
+    enum fuse_distance distance;
+    enum fuse_norm norm;
+} fuse_options;
+
+/* Defaults: exact OT, joint residual map, shared Q/K, all tokens, z-scored Euclidean
+ * distance divided by its maximum, epsilon 0.08. */
+fuse_options fuse_options_default(void);
+
+/* Activation statistics of one parent against the anchor, for one block of neurons. */
+typedef struct fuse_stats fuse_stats;
+
+/* The transport plans that align one parent to the anchor. Plans are (n, m) with n the
+ * parent's and m the anchor's width. */
+typedef struct {
+    int layers;
+    double *stream0;    /* (d_p, d_a) stream map after the embedding */
+    double *patch;      /* (d_p, d_a) patch embedding map (per-join policies), else NULL */
+    double *pos;        /* (d_p, d_a) position embedding map (per-join policies), else NULL */
+    double **attn_out;  /* [L] (d_p, d_a) attention output map (per-join policies) */
+    double **stream1;   /* [L] (d_p, d_a) stream map after the attention join */
+    double **mlp_out;   /* [L] (d_p, d_a) MLP output map (per-join policies) */
+    double **stream2;   /* [L] (d_p, d_a) stream map after the MLP join */
+    double **qk;        /* [L] (d_p, d_a) shared Q/K map */
+    double **v;         /* [L] (d_p, d_a) V map */
+    double **fc1;       /* [L] (f_p, f_a) MLP hidden map */
+} fuse_maps;
+
+void fuse_maps_free(fuse_maps **maps);
+
+/* Collective on comm. Computes the activation statistics of the calibration images for
+ * every parent against the anchor, sharded over the ranks of comm (rank r takes a
+ * contiguous block of images), reduced with MPI_Allreduce; then solves every transport
+ * problem and returns, for each parent p != anchor, maps[p] (maps[anchor] is NULL).
+ * images: (S, channels, H, W) normalized calibration images, replicated on all ranks.
+ * Caller frees each map with fuse_maps_free and the array with free. */
+tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
+                            int anchor, const float *images, int64_t n_images,
+                            const fuse_options *opt, fuse_maps ***maps_out);
+
+/* Moves the parameters of `parent` into the anchor's basis with maps, writing them into
+ * `aligned`, which has the anchor's configuration. Not collective. */
+tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps,
+                            vit_model *aligned);
+
+/* out = sum_p weights[p] * models[p], all with the same configuration. */
+tf_status fuse_average(vit_model *const *models, const double *weights, int n,
+                       vit_model *out);
+
+#endif

@@ -1,0 +1,102 @@
+/* Job files: JSON documents that list tasks (train a model, fuse models), read with
+ * cJSON and checked against the schema in docs/JOBS.md. Unknown keys, wrong types and
+ * out-of-range values are errors that name the file, the key path and the value. */
+#ifndef TFUSE_JOB_H
+#define TFUSE_JOB_H
+
+#include "tfuse/common.h"
+#include "tfuse/fuse.h"
+#include "tfuse/vit.h"
+
+#define JOB_PATH_MAX 1024
+#define JOB_NAME_MAX 64
+#define JOB_MAX_PARENTS 64
+#define JOB_MAX_METHODS 32
+
+typedef struct {
+    char train_images[JOB_PATH_MAX];
+    char train_labels[JOB_PATH_MAX];
+    char test_images[JOB_PATH_MAX];
+    char test_labels[JOB_PATH_MAX];
+    int64_t train_limit; /* images used, 0 = all */
+    int64_t test_limit;
+} job_data;
+
+typedef struct {
+    double lr, min_lr, weight_decay, beta1, beta2, eps;
+    int64_t warmup_steps;
+} job_optimizer;
+
+typedef struct {
+    char name[JOB_NAME_MAX];
+    vit_config model;
+    job_data data;
+    job_optimizer optimizer;
+    int epochs;
+    int64_t steps; /* if > 0, train this many steps instead of whole epochs */
+    int batch_size;
+    uint64_t seed;
+    int log_every;
+    char output[JOB_PATH_MAX];
+    int overwrite;
+} job_train;
+
+enum job_method_kind { JOB_METHOD_VANILLA, JOB_METHOD_OT };
+
+typedef struct {
+    char name[JOB_NAME_MAX];
+    enum job_method_kind kind;
+    fuse_options ot;
+} job_method;
+
+typedef struct {
+    int64_t steps; /* 0: no finetune */
+    double lr, min_lr, weight_decay;
+    int64_t warmup_steps;
+    int batch_size;
+    uint64_t seed;
+} job_finetune;
+
+typedef struct {
+    char name[JOB_NAME_MAX];
+    int n_parents;
+    char parents[JOB_MAX_PARENTS][JOB_PATH_MAX];
+    int anchor;
+    double weights[JOB_MAX_PARENTS];
+    job_data data;          /* calibration from train_*, evaluation from test_* */
+    int64_t calib_samples;  /* calibration images */
+    uint64_t calib_seed;    /* which training images are drawn */
+    int n_methods;
+    job_method methods[JOB_MAX_METHODS];
+    job_finetune finetune;
+    char output_dir[JOB_PATH_MAX]; /* one <method>.h5 per method; "" = none */
+    char report[JOB_PATH_MAX];     /* JSON report; "" = none */
+    int save_aligned;              /* write each aligned parent into the method's file */
+    int save_maps;                 /* write the transport maps into the method's file */
+    int overwrite;
+} job_fuse;
+
+enum job_task_kind { JOB_TASK_TRAIN, JOB_TASK_FUSE };
+
+typedef struct {
+    enum job_task_kind kind;
+    job_train train;
+    job_fuse fuse;
+} job_task;
+
+typedef struct {
+    char path[JOB_PATH_MAX];
+    int n_tasks;
+    job_task *tasks; /* owned */
+} job_file;
+
+/* Reads and checks a job file. Not collective (each rank may parse the same file).
+ * On failure returns TF_ERR_IO (unreadable) or TF_ERR_ARG (invalid content) with a
+ * message naming the file, the key path (e.g. tasks[1].methods[0].solver) and the value.
+ * Caller frees with job_file_free. */
+tf_status job_file_load(const char *path, job_file **out);
+/* Parses job text held in memory; `path` names it in messages. */
+tf_status job_file_parse(const char *text, const char *path, job_file **out);
+void job_file_free(job_file **job);
+
+#endif

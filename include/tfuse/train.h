@@ -1,0 +1,46 @@
+/* Data-parallel training and sharded evaluation of ViT classifiers over MPI ranks. */
+#ifndef TFUSE_TRAIN_H
+#define TFUSE_TRAIN_H
+
+#include "tfuse/common.h"
+#include "tfuse/data.h"
+#include "tfuse/vit.h"
+
+/* Fashion-MNIST pixel statistics after scaling to [0, 1], used to normalize inputs. */
+#define TF_FASHION_MEAN 0.2860f
+#define TF_FASHION_STD 0.3530f
+
+typedef struct {
+    int64_t steps;      /* optimizer steps */
+    int batch_size;     /* global batch, split over the ranks */
+    double lr, min_lr, weight_decay, beta1, beta2, eps;
+    int64_t warmup_steps;
+    uint64_t seed;      /* order of the training images */
+    int log_every;      /* steps between progress lines */
+    const char *label;  /* name in progress lines */
+} train_options;
+
+typedef struct {
+    double final_loss;  /* mean training loss over the last log interval */
+    double seconds;
+    double images_per_second;
+} train_result;
+
+/* Converts images[indices[i]] to floats in (count, rows * cols), normalized with the
+ * Fashion-MNIST mean and standard deviation, and writes their labels (may be NULL). */
+void tf_images_to_float(const tf_image_set *set, const int64_t *indices, int count,
+                        float *out, int *labels);
+
+/* Collective on comm. Trains `model` (replicated on every rank, kept identical) for
+ * opt->steps AdamW steps on global batches drawn from a fresh shuffle each epoch; each rank
+ * runs forward and backward on its share of the batch and one MPI_Allreduce sums the
+ * gradients. Labels must be < model classes (checked). */
+tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
+                    const train_options *opt, train_result *result);
+
+/* Collective on comm. Test accuracy (fraction correct) and mean cross-entropy of the model
+ * on the first `limit` images of set (limit <= 0: all), sharded over ranks. */
+tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_set *set,
+                        int64_t limit, double *accuracy, double *loss);
+
+#endif

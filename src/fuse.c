@@ -1,0 +1,434 @@
+/* Transport maps for ViT fusion: calibration statistics, one OT problem per group of
+ * neurons, and the residual-stream policies. */
+#include "fuse_internal.h"
+#include "tfuse/ot.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+fuse_options fuse_options_default(void)
+{
+    fuse_options o;
+    memset(&o, 0, sizeof o);
+    o.solver = o.solver_attn = o.solver_mlp = o.solver_stream = FUSE_SOLVER_EXACT;
+    o.epsilon = 0.08;
+    o.residual = FUSE_RESIDUAL_JOINT;
+    o.attention = FUSE_ATTN_SHARED_QK;
+    o.tokens = FUSE_TOKENS_ALL;
+    o.window = 2;
+    o.zscore = 1;
+    o.distance = FUSE_DIST_EUCLIDEAN;
+    o.norm = FUSE_NORM_MAX;
+    return o;
+}
+
+static void free_list(double **list, int n)
+{
+    if (!list) return;
+    for (int i = 0; i < n; i++) free(list[i]);
+    free(list);
+}
+
+void fuse_maps_free(fuse_maps **maps)
+{
+    if (!maps || !*maps) return;
+    fuse_maps *m = *maps;
+    free(m->stream0);
+    free(m->patch);
+    free(m->pos);
+    free_list(m->attn_out, m->layers);
+    free_list(m->stream1, m->layers);
+    free_list(m->mlp_out, m->layers);
+    free_list(m->stream2, m->layers);
+    free_list(m->qk, m->layers);
+    free_list(m->v, m->layers);
+    free_list(m->fc1, m->layers);
+    free(m);
+    *maps = NULL;
+}
+
+static fuse_maps *maps_create(int layers)
+{
+    fuse_maps *m = tf_calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->layers = layers;
+    double ***lists[] = {&m->attn_out, &m->stream1, &m->mlp_out, &m->stream2,
+                         &m->qk,       &m->v,       &m->fc1};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
+        *lists[i] = tf_calloc((size_t)layers, sizeof(double *));
+        if (!*lists[i]) {
+            fuse_maps_free(&m);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+/* Token indices whose activations are samples: all T tokens, the class token only, or the
+ * class token plus the central k x k window of the patch grid. Returns the count. */
+static int select_tokens(const vit_config *c, const fuse_options *opt, int *tokens)
+{
+    const int T = vit_tokens(c), grid = c->image_size / c->patch;
+    if (opt->tokens == FUSE_TOKENS_ALL) {
+        for (int t = 0; t < T; t++) tokens[t] = t;
+        return T;
+    }
+    tokens[0] = 0;
+    if (opt->tokens == FUSE_TOKENS_CLS) return 1;
+    int k = opt->window < grid ? opt->window : grid, first = (grid - k) / 2, count = 1;
+    for (int r = first; r < first + k; r++)
+        for (int col = first; col < first + k; col++) tokens[count++] = 1 + r * grid + col;
+    return count;
+}
+
+/* Solves one OT problem with uniform marginals; the plan has total mass 1. */
+static tf_status solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
+                            double epsilon, const char *what, double *plan)
+{
+    ot_info info;
+    tf_status st;
+    if (solver == FUSE_SOLVER_EXACT) {
+        st = ot_emd_solve(n, m, cost, NULL, NULL, plan, &info);
+    } else {
+        ot_sinkhorn_options so = ot_sinkhorn_defaults(epsilon);
+        st = ot_sinkhorn_solve(n, m, cost, NULL, NULL, &so, plan, &info);
+        if (st == TF_ERR_NOT_CONVERGED) {
+            TF_WARN("Sinkhorn for %s (%d x %d, epsilon %g) stopped at the iteration cap with "
+                    "marginal error %.3g; using its plan",
+                    what, n, m, epsilon, info.marginal_error);
+            st = TF_OK;
+        }
+    }
+    if (st != TF_OK)
+        return tf_error_set(st, "OT for %s (%d x %d) failed: %s", what, n, m, tf_error_get());
+    TF_DEBUG("%s: %d x %d, objective %.6g, %lld iterations", what, n, m, info.objective,
+             (long long)info.iterations);
+    return TF_OK;
+}
+
+/* Builds the cost from the listed blocks and solves it into a new (n, m) plan. */
+static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int n_blocks,
+                                 const fuse_options *opt, enum fuse_solver solver,
+                                 const char *what, double **out)
+{
+    const int n = stats->block[blocks[0]].n, m = stats->block[blocks[0]].m;
+    double *cost = tf_malloc((size_t)n * m * sizeof(double));
+    double *plan = tf_malloc((size_t)n * m * sizeof(double));
+    tf_status st = cost && plan ? TF_OK : TF_ERR_NOMEM;
+    if (st == TF_OK) st = fuse_stats_cost(stats, blocks, n_blocks, opt, cost);
+    if (st == TF_OK) st = solve_plan(cost, n, m, solver, opt->epsilon, what, plan);
+    free(cost);
+    if (st != TF_OK) {
+        free(plan);
+        return st;
+    }
+    *out = plan;
+    return TF_OK;
+}
+
+/* Map of the position embeddings: each of the d dimensions is a point in R^T (a column
+ * of pos), compared by Euclidean distance; depends on weights only. */
+static tf_status map_from_positions(const vit_model *parent, const vit_model *anchor,
+                                    const fuse_options *opt, double **out)
+{
+    const int n = parent->cfg.d, m = anchor->cfg.d, T = vit_tokens(&anchor->cfg);
+    const float *pp = parent->p[VIT_POS], *pa = anchor->p[VIT_POS];
+    double *cost = tf_malloc((size_t)n * m * sizeof(double));
+    double *plan = tf_malloc((size_t)n * m * sizeof(double));
+    tf_status st = cost && plan ? TF_OK : TF_ERR_NOMEM;
+    for (int i = 0; st == TF_OK && i < n; i++)
+        for (int j = 0; j < m; j++) {
+            double d2 = 0;
+            for (int t = 0; t < T; t++) {
+                double diff = (double)pp[(int64_t)t * n + i] - (double)pa[(int64_t)t * m + j];
+                d2 += diff * diff;
+            }
+            cost[(int64_t)i * m + j] = sqrt(d2);
+        }
+    if (st == TF_OK) {
+        fuse_cost_normalize(cost, (int64_t)n * m, opt->norm);
+        st = solve_plan(cost, n, m, opt->solver_stream, opt->epsilon, "position embedding",
+                        plan);
+    }
+    free(cost);
+    if (st != TF_OK) {
+        free(plan);
+        return st;
+    }
+    *out = plan;
+    return TF_OK;
+}
+
+/* Plan of a residual join from the skip's and the branch's plans by the policy. */
+static double *join_plans(const double *skip, const double *branch, int64_t count,
+                          const fuse_options *opt, double branch_weight)
+{
+    double *out = tf_malloc((size_t)count * sizeof(double));
+    if (!out) return NULL;
+    double w = 0.5;
+    if (opt->residual == FUSE_RESIDUAL_WEIGHTED) w = branch_weight;
+    if (opt->residual == FUSE_RESIDUAL_SKIP) w = 0.0;
+    if (opt->residual == FUSE_RESIDUAL_BRANCH) w = 1.0;
+    for (int64_t i = 0; i < count; i++) out[i] = (1.0 - w) * skip[i] + w * branch[i];
+    return out;
+}
+
+static double *copy_plan(const double *plan, int64_t count)
+{
+    double *out = tf_malloc((size_t)count * sizeof(double));
+    if (out) memcpy(out, plan, (size_t)count * sizeof(double));
+    return out;
+}
+
+static double *identity_plan(int n)
+{
+    double *out = tf_calloc((size_t)n * n, sizeof(double));
+    if (out)
+        for (int i = 0; i < n; i++) out[(int64_t)i * n + i] = 1.0 / n;
+    return out;
+}
+
+/* Weight of the branch at a join for the "weighted" policy: its share of the RMS
+ * activation in the anchor. */
+static double branch_share(const fuse_stats *stats, int skip_block, int branch_block)
+{
+    double s = fuse_stats_anchor_rms(stats, skip_block);
+    double b = fuse_stats_anchor_rms(stats, branch_block);
+    return s + b > 0 ? b / (s + b) : 0.5;
+}
+
+/* Stream maps under one joint map: every stream map is the same plan. */
+static tf_status stream_maps_joint(const fuse_stats *stats, const fuse_options *opt,
+                                   fuse_maps *maps, int d_p, int d_a)
+{
+    const int L = maps->layers;
+    int *blocks = tf_malloc(sizeof(int) * (size_t)(2 * L + 1));
+    if (!blocks) return TF_ERR_NOMEM;
+    int count = 0;
+    blocks[count++] = BLOCK_X0;
+    for (int l = 0; l < L; l++) {
+        blocks[count++] = fuse_layer_block(l, BLOCK_RES1);
+        blocks[count++] = fuse_layer_block(l, BLOCK_RES2);
+    }
+    double *plan = NULL;
+    tf_status st = map_from_blocks(stats, blocks, count, opt, opt->solver_stream,
+                                   "residual stream (joint)", &plan);
+    free(blocks);
+    if (st != TF_OK) return st;
+    const int64_t size = (int64_t)d_p * d_a;
+    maps->stream0 = plan;
+    for (int l = 0; l < L; l++) {
+        maps->attn_out[l] = copy_plan(plan, size);
+        maps->stream1[l] = copy_plan(plan, size);
+        maps->mlp_out[l] = copy_plan(plan, size);
+        maps->stream2[l] = copy_plan(plan, size);
+        if (!maps->attn_out[l] || !maps->stream1[l] || !maps->mlp_out[l] || !maps->stream2[l])
+            return TF_ERR_NOMEM;
+    }
+    return TF_OK;
+}
+
+/* Stream maps with one map per join, combined by the residual policy. */
+static tf_status stream_maps_per_join(const fuse_stats *stats, const vit_model *parent,
+                                      const vit_model *anchor, const fuse_options *opt,
+                                      fuse_maps *maps)
+{
+    const int L = maps->layers, d_p = parent->cfg.d, d_a = anchor->cfg.d;
+    const int64_t size = (int64_t)d_p * d_a;
+    char what[96];
+    int block;
+    tf_status st;
+
+    if (opt->residual == FUSE_RESIDUAL_IDENTITY) {
+        if (d_p != d_a)
+            return tf_error_set(TF_ERR_ARG, "residual policy \"identity\" needs equal model "
+                                "widths, but the parent has d = %d and the anchor d = %d",
+                                d_p, d_a);
+        maps->stream0 = identity_plan(d_a);
+        maps->patch = identity_plan(d_a);
+        maps->pos = identity_plan(d_a);
+        for (int l = 0; l < L; l++) {
+            maps->attn_out[l] = identity_plan(d_a);
+            maps->stream1[l] = identity_plan(d_a);
+            maps->mlp_out[l] = identity_plan(d_a);
+            maps->stream2[l] = identity_plan(d_a);
+        }
+        return TF_OK;
+    }
+
+    /* The embedding join: position embeddings are the skip, patch embeddings the branch. */
+    block = BLOCK_PATCH;
+    st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, "patch embedding",
+                         &maps->patch);
+    if (st == TF_OK) st = map_from_positions(parent, anchor, opt, &maps->pos);
+    if (st != TF_OK) return st;
+    maps->stream0 = join_plans(maps->pos, maps->patch, size, opt,
+                               branch_share(stats, BLOCK_X0, BLOCK_PATCH));
+    const double *stream = maps->stream0;
+    for (int l = 0; l < L; l++) {
+        int skip_block = l == 0 ? BLOCK_X0 : fuse_layer_block(l - 1, BLOCK_RES2);
+        block = fuse_layer_block(l, BLOCK_ATTN_OUT);
+        snprintf(what, sizeof what, "layer %d attention output", l);
+        st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->attn_out[l]);
+        if (st != TF_OK) return st;
+        maps->stream1[l] = join_plans(stream, maps->attn_out[l], size, opt,
+                                      branch_share(stats, skip_block, block));
+        block = fuse_layer_block(l, BLOCK_MLP_OUT);
+        snprintf(what, sizeof what, "layer %d MLP output", l);
+        st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->mlp_out[l]);
+        if (st != TF_OK || !maps->stream1[l]) return st != TF_OK ? st : TF_ERR_NOMEM;
+        maps->stream2[l] =
+            join_plans(maps->stream1[l], maps->mlp_out[l], size, opt,
+                       branch_share(stats, fuse_layer_block(l, BLOCK_RES1), block));
+        if (!maps->stream2[l]) return TF_ERR_NOMEM;
+        stream = maps->stream2[l];
+    }
+    return TF_OK;
+}
+
+/* Maps inside each layer: the MLP hidden layer and, unless head-aware maps replace them,
+ * the shared Q/K map and the V map. */
+static tf_status layer_maps(const fuse_stats *stats, const fuse_options *opt, fuse_maps *maps)
+{
+    char what[96];
+    for (int l = 0; l < maps->layers; l++) {
+        int fc1 = fuse_layer_block(l, BLOCK_FC1);
+        tf_status st;
+        snprintf(what, sizeof what, "layer %d MLP hidden", l);
+        st = map_from_blocks(stats, &fc1, 1, opt, opt->solver_mlp, what, &maps->fc1[l]);
+        if (st != TF_OK) return st;
+        if (opt->attention == FUSE_ATTN_HEAD_AWARE) continue;
+        int qk[2] = {fuse_layer_block(l, BLOCK_Q), fuse_layer_block(l, BLOCK_K)};
+        int v = fuse_layer_block(l, BLOCK_V);
+        snprintf(what, sizeof what, "layer %d Q/K", l);
+        st = map_from_blocks(stats, qk, 2, opt, opt->solver_attn, what, &maps->qk[l]);
+        if (st != TF_OK) return st;
+        snprintf(what, sizeof what, "layer %d V", l);
+        st = map_from_blocks(stats, &v, 1, opt, opt->solver_attn, what, &maps->v[l]);
+        if (st != TF_OK) return st;
+    }
+    return TF_OK;
+}
+
+tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
+                               const vit_model *anchor, const fuse_options *opt,
+                               fuse_maps *maps);
+
+/* Runs the calibration images through all parents on this rank's share and accumulates
+ * the statistics of every parent against the anchor. */
+static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int n_parents,
+                                  int anchor, const float *images, int64_t n_images,
+                                  const fuse_options *opt, fuse_stats **stats)
+{
+    const vit_config *ca = &parents[anchor]->cfg;
+    const int batch = 32, image_len = ca->channels * ca->image_size * ca->image_size;
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    const int64_t first = n_images * rank / size, last = n_images * (rank + 1) / size;
+    int tokens[4096];
+    const int n_tokens = select_tokens(ca, opt, tokens);
+    vit_acts **acts = tf_calloc((size_t)n_parents, sizeof *acts);
+    tf_status st = acts ? TF_OK : TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n_parents; p++)
+        st = vit_acts_create(&parents[p]->cfg, batch, &acts[p]);
+
+    for (int64_t start = first; st == TF_OK && start < last; start += batch) {
+        int B = (int)(last - start < batch ? last - start : batch);
+        const float *x = images + start * image_len;
+        for (int p = 0; st == TF_OK && p < n_parents; p++)
+            st = vit_forward(parents[p], acts[p], x, NULL, B, NULL);
+        for (int p = 0; st == TF_OK && p < n_parents; p++)
+            if (p != anchor)
+                st = fuse_stats_accumulate(stats[p], parents[p], acts[p], parents[anchor],
+                                           acts[anchor], tokens, n_tokens);
+    }
+    for (int p = 0; acts && p < n_parents; p++) vit_acts_free(&acts[p]);
+    free(acts);
+
+    /* One collective per parent adds every rank's sums. */
+    for (int p = 0; p < n_parents; p++) {
+        if (p == anchor) continue;
+        TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stats[p]->samples, 1, MPI_DOUBLE, MPI_SUM,
+                                   comm));
+        const int64_t len = stats[p]->buffer_len;
+        for (int64_t off = 0; off < len; off += INT32_MAX / 2) {
+            int chunk = (int)(len - off < INT32_MAX / 2 ? len - off : INT32_MAX / 2);
+            TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stats[p]->buffer + off, chunk, MPI_DOUBLE,
+                                       MPI_SUM, comm));
+        }
+    }
+    return st;
+}
+
+static tf_status check_compatible(vit_model *const *parents, int n_parents, int anchor)
+{
+    const vit_config *a = &parents[anchor]->cfg;
+    for (int p = 0; p < n_parents; p++) {
+        const vit_config *c = &parents[p]->cfg;
+        if (c->image_size != a->image_size || c->channels != a->channels ||
+            c->patch != a->patch || c->layers != a->layers || c->heads != a->heads ||
+            c->classes != a->classes)
+            return tf_error_set(TF_ERR_ARG,
+                                "parent %d is incompatible with the anchor (parent %d): image "
+                                "size, channels, patch, layers, heads and classes must match "
+                                "(found %d/%d/%d/%d/%d/%d, anchor %d/%d/%d/%d/%d/%d)",
+                                p, anchor, c->image_size, c->channels, c->patch, c->layers,
+                                c->heads, c->classes, a->image_size, a->channels, a->patch,
+                                a->layers, a->heads, a->classes);
+    }
+    return TF_OK;
+}
+
+tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
+                            int anchor, const float *images, int64_t n_images,
+                            const fuse_options *opt, fuse_maps ***maps_out)
+{
+    *maps_out = NULL;
+    tf_status st = check_compatible(parents, n_parents, anchor);
+    if (st != TF_OK) return st;
+    fuse_stats **stats = tf_calloc((size_t)n_parents, sizeof *stats);
+    fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
+    if (!stats || !maps) st = TF_ERR_NOMEM;
+
+    /* Step 1: activation statistics, sharded over ranks and reduced. */
+    for (int p = 0; st == TF_OK && p < n_parents; p++) {
+        if (p == anchor) continue;
+        stats[p] = fuse_stats_create(&parents[p]->cfg, &parents[anchor]->cfg);
+        if (!stats[p]) st = TF_ERR_NOMEM;
+    }
+    double t0 = tf_seconds();
+    if (st == TF_OK)
+        st = accumulate_stats(comm, parents, n_parents, anchor, images, n_images, opt, stats);
+    TF_DEBUG("calibration statistics: %.2f s", tf_seconds() - t0);
+
+    /* Step 2: one set of OT problems per non-anchor parent. */
+    for (int p = 0; st == TF_OK && p < n_parents; p++) {
+        if (p == anchor) continue;
+        maps[p] = maps_create(parents[anchor]->cfg.layers);
+        if (!maps[p]) {
+            st = TF_ERR_NOMEM;
+            break;
+        }
+        if (opt->residual == FUSE_RESIDUAL_JOINT)
+            st = stream_maps_joint(stats[p], opt, maps[p], parents[p]->cfg.d,
+                                   parents[anchor]->cfg.d);
+        else
+            st = stream_maps_per_join(stats[p], parents[p], parents[anchor], opt, maps[p]);
+        if (st == TF_OK) st = layer_maps(stats[p], opt, maps[p]);
+        if (st == TF_OK && opt->attention == FUSE_ATTN_HEAD_AWARE)
+            st = fuse_head_aware_maps(stats[p], parents[p], parents[anchor], opt, maps[p]);
+    }
+
+    for (int p = 0; stats && p < n_parents; p++) fuse_stats_free(&stats[p]);
+    free(stats);
+    if (st != TF_OK) {
+        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
+        free(maps);
+        return st;
+    }
+    *maps_out = maps;
+    return TF_OK;
+}

@@ -1,0 +1,334 @@
+/* The fuse task: load parents, evaluate them, build each requested fusion (vanilla average
+ * or OT), optionally finetune it, evaluate, write the fused models, maps and a report. */
+#include "runner_internal.h"
+#include "tfuse/fuse.h"
+#include "tfuse/h5file.h"
+#include "tfuse/train.h"
+#include "tfuse/vit_io.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char name[JOB_NAME_MAX];
+    double one_shot, one_shot_loss;
+    double finetuned, finetuned_loss; /* < 0: not finetuned */
+    double seconds;
+} method_result;
+
+/* Draws n distinct training images with the calibration seed, the same on every rank, and
+ * converts them to normalized floats. */
+static float *calibration_images(const tf_image_set *train, int64_t n, uint64_t seed)
+{
+    int64_t *perm = tf_malloc((size_t)train->count * sizeof(int64_t));
+    const int64_t pixels = (int64_t)train->rows * train->cols;
+    float *x = tf_malloc((size_t)n * pixels * sizeof(float));
+    if (!perm || !x) {
+        free(perm);
+        free(x);
+        return NULL;
+    }
+    tf_rng rng;
+    tf_rng_seed(&rng, seed ^ 0x63616c6962ULL);
+    for (int64_t i = 0; i < train->count; i++) perm[i] = i;
+    tf_rng_shuffle(&rng, perm, train->count);
+    for (int64_t i = 0; i < n; i += 1024) {
+        int count = (int)(n - i < 1024 ? n - i : 1024);
+        tf_images_to_float(train, perm + i, count, x + i * pixels, NULL);
+    }
+    free(perm);
+    return x;
+}
+
+/* Writes the transport maps of parent p under /maps/parent<p>/. */
+static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const vit_model *parent,
+                            const vit_model *anchor)
+{
+    char name[128];
+    const int64_t dd[2] = {parent->cfg.d, anchor->cfg.d};
+    const int64_t ff[2] = {parent->cfg.mlp, anchor->cfg.mlp};
+    tf_status st = TF_OK;
+#define WRITE(label, plan, dims)                                                               \
+    do {                                                                                       \
+        if (st == TF_OK && (plan)) {                                                           \
+            snprintf(name, sizeof name, "maps/parent%d/%s", p, label);                         \
+            st = h5f_write_f64(h5, name, 2, dims, plan);                                       \
+        }                                                                                      \
+    } while (0)
+    WRITE("stream0", maps->stream0, dd);
+    WRITE("patch", maps->patch, dd);
+    WRITE("pos", maps->pos, dd);
+    for (int l = 0; l < maps->layers; l++) {
+        char label[64];
+        snprintf(label, sizeof label, "layer%d/qk", l);
+        WRITE(label, maps->qk[l], dd);
+        snprintf(label, sizeof label, "layer%d/v", l);
+        WRITE(label, maps->v[l], dd);
+        snprintf(label, sizeof label, "layer%d/attn_out", l);
+        WRITE(label, maps->attn_out[l], dd);
+        snprintf(label, sizeof label, "layer%d/stream1", l);
+        WRITE(label, maps->stream1[l], dd);
+        snprintf(label, sizeof label, "layer%d/fc1", l);
+        WRITE(label, maps->fc1[l], ff);
+        snprintf(label, sizeof label, "layer%d/mlp_out", l);
+        WRITE(label, maps->mlp_out[l], dd);
+        snprintf(label, sizeof label, "layer%d/stream2", l);
+        WRITE(label, maps->stream2[l], dd);
+    }
+#undef WRITE
+    return st;
+}
+
+/* Builds one fused model: the weighted average of the parents (vanilla) or of the parents
+ * aligned to the anchor with OT. On success *aligned_out holds the aligned parents and
+ * *maps_out the maps (both NULL for vanilla), freed by the caller. */
+static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method *method,
+                              vit_model **parents, const float *calib, vit_model *fused,
+                              vit_model ***aligned_out, fuse_maps ***maps_out)
+{
+    const int n = f->n_parents;
+    *aligned_out = NULL;
+    *maps_out = NULL;
+    if (method->kind == JOB_METHOD_VANILLA) {
+        for (int p = 0; p < n; p++)
+            if (parents[p]->num_params != parents[f->anchor]->num_params)
+                return tf_error_set(TF_ERR_ARG, "method %s: vanilla averaging needs parents "
+                                    "of equal widths; parent %d differs from the anchor",
+                                    method->name, p);
+        return fuse_average(parents, f->weights, n, fused);
+    }
+    fuse_maps **maps = NULL;
+    tf_status st = fuse_compute_maps(comm, parents, n, f->anchor, calib, f->calib_samples,
+                                     &method->ot, &maps);
+    if (st != TF_OK) return st;
+    vit_model **aligned = tf_calloc((size_t)n, sizeof *aligned);
+    if (!aligned) st = TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n; p++) {
+        st = vit_model_create(&parents[f->anchor]->cfg, &aligned[p]);
+        if (st != TF_OK) break;
+        if (p == f->anchor)
+            vit_model_copy(aligned[p], parents[p]);
+        else
+            st = fuse_align_parent(parents[p], maps[p], aligned[p]);
+    }
+    if (st == TF_OK) st = fuse_average(aligned, f->weights, n, fused);
+    *aligned_out = aligned;
+    *maps_out = maps;
+    return st;
+}
+
+static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
+                                   vit_model **parents, const vit_model *fused,
+                                   vit_model **aligned, fuse_maps **maps)
+{
+    char path[JOB_PATH_MAX + 80];
+    snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
+    h5f_file *h5 = NULL;
+    tf_status st = h5f_create(comm, path, f->overwrite, &h5);
+    if (st != TF_OK) return st;
+    st = vit_model_write(fused, h5, "/");
+    if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
+    if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
+    for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
+        char key[64];
+        snprintf(key, sizeof key, "fusion_parent%d", p);
+        st = h5f_set_attr_string(h5, "/", key, f->parents[p]);
+        if (st == TF_OK && aligned && f->save_aligned) {
+            snprintf(key, sizeof key, "aligned/parent%d", p);
+            st = vit_model_write(aligned[p], h5, key);
+        }
+        if (st == TF_OK && maps && maps[p] && f->save_maps)
+            st = write_maps(h5, maps[p], p, parents[p], parents[f->anchor]);
+    }
+    if (st != TF_OK) {
+        h5f_discard(&h5);
+        return st;
+    }
+    st = h5f_commit(&h5);
+    if (st == TF_OK) TF_INFO("fuse %s: wrote %s", f->name, path);
+    return st;
+}
+
+static tf_status finetune(MPI_Comm comm, const job_fuse *f, const tf_image_set *train,
+                          vit_model *model, const char *label)
+{
+    const job_finetune *ft = &f->finetune;
+    train_options opt = {.steps = ft->steps, .batch_size = ft->batch_size, .lr = ft->lr,
+                         .min_lr = ft->min_lr, .weight_decay = ft->weight_decay,
+                         .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                         .warmup_steps = ft->warmup_steps, .seed = ft->seed,
+                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1, .label = label};
+    return train_run(comm, model, train, &opt, NULL);
+}
+
+static tf_status write_report(const job_fuse *f, const double *parent_acc,
+                              const method_result *results, int rank);
+
+static void print_table(const job_fuse *f, const double *parent_acc,
+                        const method_result *results)
+{
+    char head[64];
+    snprintf(head, sizeof head, "after finetune (%lld steps)", (long long)f->finetune.steps);
+    TF_INFO(" ");
+    TF_INFO("%-36s %10s %10s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
+    for (int p = 0; p < f->n_parents; p++) {
+        char label[JOB_PATH_MAX + 32];
+        snprintf(label, sizeof label, "parent %d%s (%s)", p, p == f->anchor ? ", anchor" : "",
+                 f->parents[p]);
+        if (strlen(label) > 36) snprintf(label + 30, 7, "...)");
+        TF_INFO("%-36s %9.2f%%", label, 100 * parent_acc[p]);
+    }
+    for (int m = 0; m < f->n_methods; m++) {
+        if (results[m].finetuned >= 0)
+            TF_INFO("%-36s %9.2f%% %9.2f%%", results[m].name, 100 * results[m].one_shot,
+                    100 * results[m].finetuned);
+        else
+            TF_INFO("%-36s %9.2f%%", results[m].name, 100 * results[m].one_shot);
+    }
+    TF_INFO(" ");
+}
+
+tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
+{
+    int rank;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    const int n = f->n_parents;
+    tf_image_set *train = NULL, *test = NULL;
+    vit_model **parents = tf_calloc((size_t)n, sizeof *parents);
+    double *parent_acc = tf_calloc((size_t)n, sizeof(double));
+    method_result *results = tf_calloc((size_t)f->n_methods, sizeof *results);
+    float *calib = NULL;
+    tf_status st = parents && parent_acc && results ? TF_OK : TF_ERR_NOMEM;
+
+    /* Step 1: parents, data and calibration images. */
+    for (int p = 0; st == TF_OK && p < n; p++) st = vit_model_load(comm, f->parents[p], &parents[p]);
+    if (st == TF_OK) st = runner_load_data(&f->data, &train, &test);
+    if (st == TF_OK && f->calib_samples > train->count)
+        st = tf_error_set(TF_ERR_ARG, "calibration_samples = %lld exceeds the %lld training "
+                          "images", (long long)f->calib_samples, (long long)train->count);
+    if (st == TF_OK && !(calib = calibration_images(train, f->calib_samples, f->calib_seed)))
+        st = TF_ERR_NOMEM;
+
+    /* Step 2: the parents' own accuracy. */
+    for (int p = 0; st == TF_OK && p < n; p++) {
+        st = eval_accuracy(comm, parents[p], test, 0, &parent_acc[p], NULL);
+        if (st == TF_OK)
+            TF_INFO("fuse %s: parent %d (%s): %.2f %%", f->name, p, f->parents[p],
+                    100 * parent_acc[p]);
+    }
+
+    /* Step 3: each method, one shot and after the optional finetune. */
+    for (int m = 0; st == TF_OK && m < f->n_methods; m++) {
+        const job_method *method = &f->methods[m];
+        method_result *r = &results[m];
+        vit_model *fused = NULL, **aligned = NULL;
+        fuse_maps **maps = NULL;
+        double t0 = tf_seconds();
+        snprintf(r->name, sizeof r->name, "%s", method->name);
+        r->finetuned = -1;
+        st = vit_model_create(&parents[f->anchor]->cfg, &fused);
+        if (st == TF_OK)
+            st = build_fusion(comm, f, method, parents, calib, fused, &aligned, &maps);
+        r->seconds = tf_seconds() - t0;
+        if (st == TF_OK) st = eval_accuracy(comm, fused, test, 0, &r->one_shot, &r->one_shot_loss);
+        if (st == TF_OK)
+            TF_INFO("fuse %s: %s one-shot: %.2f %% (built in %.2f s)", f->name, method->name,
+                    100 * r->one_shot, r->seconds);
+        if (st == TF_OK && f->output_dir[0])
+            st = write_method_file(comm, f, method, parents, fused, aligned, maps);
+        if (st == TF_OK && f->finetune.steps > 0) {
+            st = finetune(comm, f, train, fused, method->name);
+            if (st == TF_OK)
+                st = eval_accuracy(comm, fused, test, 0, &r->finetuned, &r->finetuned_loss);
+            if (st == TF_OK)
+                TF_INFO("fuse %s: %s after finetune: %.2f %%", f->name, method->name,
+                        100 * r->finetuned);
+        }
+        for (int p = 0; aligned && p < n; p++) vit_model_free(&aligned[p]);
+        free(aligned);
+        for (int p = 0; maps && p < n; p++) fuse_maps_free(&maps[p]);
+        free(maps);
+        vit_model_free(&fused);
+        if (st != TF_OK) st = tf_error_set(st, "fuse %s, method %s: %s", f->name, method->name,
+                                           tf_error_get());
+    }
+
+    /* Step 4: the table and the report. */
+    if (st == TF_OK && rank == 0) print_table(f, parent_acc, results);
+    if (st == TF_OK && f->report[0]) st = write_report(f, parent_acc, results, rank);
+
+    for (int p = 0; parents && p < n; p++) vit_model_free(&parents[p]);
+    free(parents);
+    free(parent_acc);
+    free(results);
+    free(calib);
+    idx_image_set_free(&train);
+    idx_image_set_free(&test);
+    return st;
+}
+
+static const char *const residual_names[] = {"joint", "mean", "weighted", "skip", "branch",
+                                             "identity"};
+
+static tf_status write_report(const job_fuse *f, const double *parent_acc,
+                              const method_result *results, int rank)
+{
+    if (rank != 0) return TF_OK;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *parents = cJSON_AddArrayToObject(root, "parents");
+    for (int p = 0; p < f->n_parents; p++) {
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "file", f->parents[p]);
+        cJSON_AddNumberToObject(item, "weight", f->weights[p]);
+        cJSON_AddBoolToObject(item, "anchor", p == f->anchor);
+        cJSON_AddNumberToObject(item, "test_accuracy", parent_acc[p]);
+        cJSON_AddItemToArray(parents, item);
+    }
+    cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
+    cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
+    cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
+    cJSON *methods = cJSON_AddArrayToObject(root, "methods");
+    for (int m = 0; m < f->n_methods; m++) {
+        const job_method *jm = &f->methods[m];
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "name", jm->name);
+        cJSON_AddStringToObject(item, "method", jm->kind == JOB_METHOD_OT ? "ot" : "vanilla");
+        if (jm->kind == JOB_METHOD_OT) {
+            cJSON_AddStringToObject(item, "solver",
+                                    jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
+            cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
+            cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
+            cJSON_AddStringToObject(item, "attention", jm->ot.attention == FUSE_ATTN_HEAD_AWARE
+                                                           ? "head_aware" : "shared_qk");
+        }
+        cJSON_AddNumberToObject(item, "one_shot_accuracy", results[m].one_shot);
+        cJSON_AddNumberToObject(item, "one_shot_loss", results[m].one_shot_loss);
+        if (results[m].finetuned >= 0) {
+            cJSON_AddNumberToObject(item, "finetuned_accuracy", results[m].finetuned);
+            cJSON_AddNumberToObject(item, "finetuned_loss", results[m].finetuned_loss);
+        }
+        cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
+        cJSON_AddItemToArray(methods, item);
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return TF_ERR_NOMEM;
+    char tmp[JOB_PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp", f->report);
+    FILE *out = fopen(tmp, "w");
+    tf_status st = TF_OK;
+    if (!out || fputs(text, out) < 0 || fputc('\n', out) == EOF) st = TF_ERR_IO;
+    if (out && fclose(out) != 0) st = TF_ERR_IO;
+    if (st == TF_OK && rename(tmp, f->report) != 0) st = TF_ERR_IO;
+    if (st != TF_OK) {
+        remove(tmp);
+        st = tf_error_set(TF_ERR_IO, "cannot write report %s: %s", f->report, strerror(errno));
+    } else {
+        TF_INFO("fuse %s: wrote %s", f->name, f->report);
+    }
+    free(text);
+    return st;
+}

@@ -1,0 +1,173 @@
+/* Data-parallel training: every rank holds the whole model, computes gradients on its
+ * share of each global batch, and one MPI_Allreduce over the single gradient buffer makes
+ * all ranks take the same AdamW step. */
+#include "tfuse/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tf_images_to_float(const tf_image_set *set, const int64_t *indices, int count, float *out,
+                        int *labels)
+{
+    const int64_t pixels = (int64_t)set->rows * set->cols;
+    for (int i = 0; i < count; i++) {
+        const uint8_t *src = set->pixels + indices[i] * pixels;
+        float *dst = out + (int64_t)i * pixels;
+        for (int64_t k = 0; k < pixels; k++)
+            dst[k] = ((float)src[k] / 255.0f - TF_FASHION_MEAN) / TF_FASHION_STD;
+        if (labels) labels[i] = set->labels[indices[i]];
+    }
+}
+
+static tf_status check_labels(const tf_image_set *set, const vit_model *model)
+{
+    const vit_config *c = &model->cfg;
+    if (set->rows != c->image_size || set->cols != c->image_size || c->channels != 1)
+        return tf_error_set(TF_ERR_ARG, "images are %d x %d with 1 channel, but the model "
+                            "expects %d x %d with %d channels", set->rows, set->cols,
+                            c->image_size, c->image_size, c->channels);
+    for (int64_t i = 0; i < set->count; i++)
+        if (set->labels[i] >= c->classes)
+            return tf_error_set(TF_ERR_ARG, "label %d of image %lld is not below the model's "
+                                "class count %d", set->labels[i], (long long)i, c->classes);
+    return TF_OK;
+}
+
+tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
+                    const train_options *opt, train_result *result)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    tf_status st = check_labels(train, model);
+    if (st != TF_OK) return st;
+    const int global_batch = opt->batch_size;
+    if (global_batch > train->count)
+        return tf_error_set(TF_ERR_ARG, "batch size %d is larger than the %lld training images",
+                            global_batch, (long long)train->count);
+    const int local_first = (int)((int64_t)global_batch * rank / size);
+    const int local_count = (int)((int64_t)global_batch * (rank + 1) / size) - local_first;
+    const int64_t pixels = (int64_t)train->rows * train->cols;
+    const int64_t per_epoch = train->count / global_batch;
+
+    vit_acts *acts = NULL;
+    vit_adamw *adam = NULL;
+    int64_t *perm = tf_malloc((size_t)train->count * sizeof(int64_t));
+    float *x = tf_malloc((size_t)(local_count > 0 ? local_count : 1) * pixels * sizeof(float));
+    int *y = tf_malloc((size_t)(local_count > 0 ? local_count : 1) * sizeof(int));
+    float *grads = tf_malloc((size_t)model->num_params * sizeof(float));
+    if (!perm || !x || !y || !grads) st = TF_ERR_NOMEM;
+    if (st == TF_OK) st = vit_acts_create(&model->cfg, local_count > 0 ? local_count : 1, &acts);
+    if (st == TF_OK)
+        st = vit_adamw_create(model, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, &adam);
+
+    tf_rng rng;
+    double t_start = tf_seconds(), t_log = t_start, loss_sum = 0;
+    int64_t loss_steps = 0;
+    for (int64_t step = 0; st == TF_OK && step < opt->steps; step++) {
+        /* A new epoch reshuffles with a generator seeded by (seed, epoch), the same on
+         * every rank. */
+        int64_t in_epoch = step % per_epoch;
+        if (in_epoch == 0) {
+            tf_rng_seed(&rng, opt->seed * 1000003u + (uint64_t)(step / per_epoch));
+            for (int64_t i = 0; i < train->count; i++) perm[i] = i;
+            tf_rng_shuffle(&rng, perm, train->count);
+        }
+        float loss = 0;
+        if (local_count > 0) {
+            tf_images_to_float(train, perm + in_epoch * global_batch + local_first, local_count,
+                               x, y);
+            st = vit_forward(model, acts, x, y, local_count, &loss);
+            if (st == TF_OK) st = vit_backward(model, acts, y, grads);
+            if (st != TF_OK) break;
+            float share = (float)local_count / (float)global_batch;
+            for (int64_t k = 0; k < model->num_params; k++) grads[k] *= share;
+        } else {
+            memset(grads, 0, (size_t)model->num_params * sizeof(float));
+        }
+        TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads, (int)model->num_params, MPI_FLOAT,
+                                   MPI_SUM, comm));
+        double lr = tf_cosine_lr(step, opt->warmup_steps, opt->steps, opt->lr, opt->min_lr);
+        vit_adamw_step(adam, model, grads, lr);
+        loss_sum += (double)loss * local_count / global_batch;
+        loss_steps++;
+
+        if ((step + 1) % opt->log_every == 0 || step + 1 == opt->steps) {
+            double mean_loss = 0;
+            TF_MPI_CHECK(MPI_Allreduce(&loss_sum, &mean_loss, 1, MPI_DOUBLE, MPI_SUM, comm));
+            mean_loss /= (double)loss_steps;
+            if (!isfinite(mean_loss)) {
+                st = tf_error_set(TF_ERR_NUMERIC, "%s: training loss became %g at step %lld; "
+                                  "lower the learning rate", opt->label, mean_loss,
+                                  (long long)step + 1);
+                break;
+            }
+            double now = tf_seconds();
+            double rate = (double)(step + 1) / (now - t_start);
+            TF_INFO("%s: step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f img/s  "
+                    "%.0f s left", opt->label, (long long)step + 1, (long long)opt->steps,
+                    (double)(step + 1) / (double)per_epoch, mean_loss, lr,
+                    (double)opt->log_every * global_batch / (now - t_log),
+                    (double)(opt->steps - step - 1) / rate);
+            t_log = now;
+            if (result) result->final_loss = mean_loss;
+            loss_sum = 0;
+            loss_steps = 0;
+        }
+    }
+    if (result && st == TF_OK) {
+        result->seconds = tf_seconds() - t_start;
+        result->images_per_second = (double)opt->steps * global_batch / result->seconds;
+    }
+    vit_acts_free(&acts);
+    vit_adamw_free(&adam);
+    free(perm);
+    free(x);
+    free(y);
+    free(grads);
+    return st;
+}
+
+tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_set *set,
+                        int64_t limit, double *accuracy, double *loss)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    tf_status st = check_labels(set, model);
+    if (st != TF_OK) return st;
+    const int64_t total = limit > 0 && limit < set->count ? limit : set->count;
+    const int64_t first = total * rank / size, last = total * (rank + 1) / size;
+    const int batch = 250;
+    const int64_t pixels = (int64_t)set->rows * set->cols;
+    vit_acts *acts = NULL;
+    float *x = tf_malloc((size_t)batch * pixels * sizeof(float));
+    int *y = tf_malloc((size_t)batch * sizeof(int));
+    int64_t idx[250];
+    if (!x || !y) st = TF_ERR_NOMEM;
+    if (st == TF_OK) st = vit_acts_create(&model->cfg, batch, &acts);
+    double sums[2] = {0, 0}; /* correct, loss sum */
+    for (int64_t start = first; st == TF_OK && start < last; start += batch) {
+        int B = (int)(last - start < batch ? last - start : batch);
+        for (int i = 0; i < B; i++) idx[i] = start + i;
+        tf_images_to_float(set, idx, B, x, y);
+        float batch_loss = 0;
+        st = vit_forward(model, acts, x, y, B, &batch_loss);
+        if (st != TF_OK) break;
+        sums[0] += vit_count_correct(model, acts, y);
+        sums[1] += (double)batch_loss * B;
+    }
+    vit_acts_free(&acts);
+    free(x);
+    free(y);
+    /* Every rank joins the reduction even after a local failure, so none waits forever. */
+    double failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (any_failed) return tf_error_set(TF_ERR_MPI, "evaluation failed on another rank");
+    *accuracy = sums[0] / (double)total;
+    if (loss) *loss = sums[1] / (double)total;
+    return TF_OK;
+}

@@ -1,0 +1,123 @@
+/* Job file parser: a valid job with defaults, and malformed jobs whose messages must name
+ * the key path and the problem. */
+#include "testutil.h"
+#include "tfuse/job.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void test_valid(void)
+{
+    const char *text =
+        "{\"tasks\": ["
+        " {\"task\": \"train\", \"name\": \"a\", \"model\": {\"d\": 32, \"heads\": 2},"
+        "  \"epochs\": 2, \"seed\": 7, \"output\": \"out/a.h5\"},"
+        " {\"task\": \"fuse\", \"parents\": [\"out/a.h5\", \"out/b.h5\", \"out/c.h5\"],"
+        "  \"anchor\": 1, \"weights\": [0.25, 0.5, 0.25],"
+        "  \"methods\": [{\"name\": \"vanilla\", \"method\": \"vanilla\"},"
+        "               {\"name\": \"ot\", \"solver\": \"sinkhorn\", \"epsilon\": 0.05,"
+        "                \"residual\": \"mean\", \"attention\": \"head_aware\"}],"
+        "  \"finetune\": {\"steps\": 50}, \"report\": \"out/r.json\"}]}";
+    job_file *job = NULL;
+    tf_status st = job_file_parse(text, "valid.json", &job);
+    TU_CHECK(st == TF_OK, "valid job rejected: %s", tf_error_get());
+    if (st != TF_OK) return;
+    TU_CHECK(job->n_tasks == 2, "expected 2 tasks, got %d", job->n_tasks);
+    const job_train *t = &job->tasks[0].train;
+    TU_CHECK(t->model.d == 32 && t->model.heads == 2 && t->model.layers == 4,
+             "model fields or defaults wrong: d %d heads %d layers %d", t->model.d,
+             t->model.heads, t->model.layers);
+    TU_CHECK(t->epochs == 2 && t->seed == 7 && t->batch_size == 128, "train fields wrong");
+    TU_CHECK(strstr(t->data.train_images, "train-images-idx3-ubyte.gz") != NULL,
+             "default training images path wrong: %s", t->data.train_images);
+    const job_fuse *f = &job->tasks[1].fuse;
+    TU_CHECK(f->n_parents == 3 && f->anchor == 1, "parents or anchor wrong");
+    TU_CHECK(f->weights[1] == 0.5, "weights wrong");
+    TU_CHECK(f->n_methods == 2 && f->methods[0].kind == JOB_METHOD_VANILLA,
+             "methods wrong");
+    TU_CHECK(f->methods[1].ot.solver == FUSE_SOLVER_SINKHORN &&
+                 f->methods[1].ot.solver_mlp == FUSE_SOLVER_SINKHORN &&
+                 f->methods[1].ot.epsilon == 0.05 &&
+                 f->methods[1].ot.residual == FUSE_RESIDUAL_MEAN &&
+                 f->methods[1].ot.attention == FUSE_ATTN_HEAD_AWARE,
+             "OT options wrong");
+    TU_CHECK(f->finetune.steps == 50 && f->finetune.batch_size == 128, "finetune wrong");
+    job_file_free(&job);
+    TU_CHECK(job == NULL, "job_file_free must null the pointer");
+}
+
+static void expect_error(const char *text, const char *word1, const char *word2)
+{
+    job_file *job = NULL;
+    tf_status st = job_file_parse(text, "bad.json", &job);
+    const char *msg = tf_error_get();
+    TU_CHECK(st != TF_OK && job == NULL, "accepted a bad job: %s", text);
+    TU_CHECK(strstr(msg, "bad.json") != NULL, "message lacks the file name: %s", msg);
+    TU_CHECK(strstr(msg, word1) != NULL, "message lacks \"%s\": %s", word1, msg);
+    TU_CHECK(!word2 || strstr(msg, word2) != NULL, "message lacks \"%s\": %s", word2, msg);
+    job_file_free(&job);
+}
+
+#define TRAIN_HEAD "{\"tasks\": [{\"task\": \"train\", \"output\": \"x.h5\", "
+#define FUSE_HEAD "{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\", \"b.h5\"], "
+
+static void test_invalid(void)
+{
+    expect_error("{\"tasks\": [", "invalid JSON", NULL);
+    expect_error("{}", "tasks", NULL);
+    expect_error("{\"tasks\": []}", "tasks", "non-empty");
+    expect_error("{\"taks\": []}", "taks", "did you mean \"tasks\"");
+    expect_error("{\"tasks\": [{\"name\": \"x\"}]}", "tasks[0].task", "missing");
+    expect_error("{\"tasks\": [{\"task\": \"bake\"}]}", "tasks[0].task", "\"bake\"");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"epohcs\": 2}]}", "tasks[0].epohcs",
+                 "did you mean \"epochs\"");
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": \"64\"}}]}", "tasks[0].model.d",
+                 "must be an integer");
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": 64.5}}]}", "tasks[0].model.d", "integer");
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": 0}}]}", "tasks[0].model.d", "out of range");
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": 30, \"heads\": 4}}]}", "tasks[0].model.d",
+                 "multiple of heads");
+    expect_error(TRAIN_HEAD "\"model\": {\"patch\": 5}}]}", "image_size", "patch");
+    expect_error(TRAIN_HEAD "\"model\": {\"architecture\": \"resnet\"}}]}",
+                 "tasks[0].model.architecture", "resnet");
+    expect_error("{\"tasks\": [{\"task\": \"train\", \"model\": {}}]}", "tasks[0].output",
+                 "missing");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"overwrite\": 1}]}", "tasks[0].overwrite",
+                 "true or false");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"optimizer\": {\"lr\": -1}}]}",
+                 "tasks[0].optimizer.lr", "out of range");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"data\": {\"train_imgs\": \"x\"}}]}",
+                 "tasks[0].data.train_imgs", "unknown key");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"epochs\": 0}]}", "epochs", "steps");
+    expect_error(FUSE_HEAD "\"methods\": []}]}", "tasks[0].methods", "non-empty");
+    expect_error("{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\"], \"methods\": "
+                 "[{\"name\": \"v\"}]}]}", "tasks[0].parents", "between 2");
+    expect_error(FUSE_HEAD "\"anchor\": 2, \"methods\": [{\"name\": \"v\"}]}]}",
+                 "tasks[0].anchor", "out of range");
+    expect_error(FUSE_HEAD "\"weights\": [0.5, 0.6], \"methods\": [{\"name\": \"v\"}]}]}",
+                 "tasks[0].weights", "sum to 1");
+    expect_error(FUSE_HEAD "\"weights\": [1], \"methods\": [{\"name\": \"v\"}]}]}",
+                 "tasks[0].weights", "one per parent");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"solver\": \"hungarian\"}]}]}",
+                 "tasks[0].methods[0].solver", "exact, sinkhorn");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"residul\": \"mean\"}]}]}",
+                 "tasks[0].methods[0].residul", "did you mean \"residual\"");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"a/b\"}]}]}", "tasks[0].methods[0].name",
+                 "letters");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\"}, {\"name\": \"v\"}]}]}",
+                 "tasks[0].methods[1].name", "used twice");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"epsilon\": 0}]}]}",
+                 "tasks[0].methods[0].epsilon", "out of range");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\"}], \"finetune\": {}}]}",
+                 "tasks[0].finetune.steps", "missing");
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    test_valid();
+    test_invalid();
+    int rc = tu_finish("test_job");
+    MPI_Finalize();
+    return rc;
+}
