@@ -64,8 +64,7 @@ static tf_status get_double(const parse_ctx *ctx, const cJSON *obj, const char *
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!item) {
         if (required)
-            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path,
-                                key);
+            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path, key);
         *out = fallback;
         return TF_OK;
     }
@@ -73,8 +72,8 @@ static tf_status get_double(const parse_ctx *ctx, const cJSON *obj, const char *
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a number", ctx->file, path, key);
     double v = item->valuedouble;
     if (!isfinite(v) || v < lo || v > hi)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %g is out of range [%g, %g]", ctx->file,
-                            path, key, v, lo, hi);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %g is out of range [%g, %g]", ctx->file, path,
+                            key, v, lo, hi);
     *out = v;
     return TF_OK;
 }
@@ -86,8 +85,7 @@ static tf_status get_int64(const parse_ctx *ctx, const cJSON *obj, const char *p
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!item) {
         if (required)
-            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path,
-                                key);
+            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path, key);
         *out = fallback;
         return TF_OK;
     }
@@ -95,14 +93,14 @@ static tf_status get_int64(const parse_ctx *ctx, const cJSON *obj, const char *p
     if (!cJSON_IsNumber(item) || v != floor(v) || fabs(v) > 9.0e15)
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be an integer", ctx->file, path, key);
     if ((int64_t)v < lo || (int64_t)v > hi)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %lld is out of range [%lld, %lld]",
-                            ctx->file, path, key, (long long)v, (long long)lo, (long long)hi);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %lld is out of range [%lld, %lld]", ctx->file,
+                            path, key, (long long)v, (long long)lo, (long long)hi);
     *out = (int64_t)v;
     return TF_OK;
 }
 
-static tf_status get_int(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                         const char *key, int required, int fallback, int lo, int hi, int *out)
+static tf_status get_int(const parse_ctx *ctx, const cJSON *obj, const char *path, const char *key,
+                         int required, int fallback, int lo, int hi, int *out)
 {
     int64_t v = 0;
     tf_status st = get_int64(ctx, obj, path, key, required, fallback, lo, hi, &v);
@@ -110,8 +108,8 @@ static tf_status get_int(const parse_ctx *ctx, const cJSON *obj, const char *pat
     return st;
 }
 
-static tf_status get_bool(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                          const char *key, int fallback, int *out)
+static tf_status get_bool(const parse_ctx *ctx, const cJSON *obj, const char *path, const char *key,
+                          int fallback, int *out)
 {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!item) {
@@ -119,8 +117,7 @@ static tf_status get_bool(const parse_ctx *ctx, const cJSON *obj, const char *pa
         return TF_OK;
     }
     if (!cJSON_IsBool(item))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be true or false", ctx->file, path,
-                            key);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be true or false", ctx->file, path, key);
     *out = cJSON_IsTrue(item);
     return TF_OK;
 }
@@ -132,16 +129,15 @@ static tf_status get_string(const parse_ctx *ctx, const cJSON *obj, const char *
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!item) {
         if (required)
-            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path,
-                                key);
+            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.%s", ctx->file, path, key);
         snprintf(out, size, "%s", fallback);
         return TF_OK;
     }
     if (!cJSON_IsString(item))
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a string", ctx->file, path, key);
     if (strlen(item->valuestring) >= size)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s is longer than %zu characters", ctx->file,
-                            path, key, size - 1);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s is longer than %zu characters", ctx->file, path,
+                            key, size - 1);
     snprintf(out, size, "%s", item->valuestring);
     return TF_OK;
 }
@@ -162,21 +158,22 @@ static tf_status get_choice(const parse_ctx *ctx, const cJSON *obj, const char *
         strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
         strncat(list, names[i], sizeof list - strlen(list) - 1);
     }
-    return tf_error_set(TF_ERR_ARG, "%s: %s.%s = \"%s\" is not one of: %s", ctx->file, path,
-                        key, value, list);
+    return tf_error_set(TF_ERR_ARG, "%s: %s.%s = \"%s\" is not one of: %s", ctx->file, path, key,
+                        value, list);
 }
 
-#define TRY(call)                                                                              \
-    do {                                                                                       \
-        tf_status st_ = (call);                                                                \
-        if (st_ != TF_OK) return st_;                                                          \
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        tf_status st_ = (call);                                                                    \
+        if (st_ != TF_OK) return st_;                                                              \
     } while (0)
 
 static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char *path,
                              vit_config *cfg)
 {
-    static const char *const keys[] = {"architecture", "image_size", "channels", "patch", "d",
-                                       "layers", "heads", "mlp", "classes", "ln_eps", NULL};
+    static const char *const keys[] = {
+        "architecture", "image_size", "channels", "patch",  "d", "layers",
+        "heads",        "mlp",        "classes",  "ln_eps", NULL};
     static const char *const archs[] = {"vit", NULL};
     int arch = 0;
     TRY(check_keys(ctx, obj, path, keys));
@@ -194,39 +191,35 @@ static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char 
         return tf_error_set(TF_ERR_ARG, "%s: %s.image_size = %d is not a multiple of patch = %d",
                             ctx->file, path, cfg->image_size, cfg->patch);
     if (cfg->d % cfg->heads != 0)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.d = %d is not a multiple of heads = %d",
-                            ctx->file, path, cfg->d, cfg->heads);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.d = %d is not a multiple of heads = %d", ctx->file,
+                            path, cfg->d, cfg->heads);
     return TF_OK;
 }
 
 static tf_status parse_data(const parse_ctx *ctx, const cJSON *obj, const char *path,
                             job_data *data)
 {
-    static const char *const keys[] = {"dir",         "train_images", "train_labels",
-                                       "test_images", "test_labels",  "train_limit",
-                                       "test_limit",  NULL};
+    static const char *const keys[] = {"dir",         "train_images", "train_labels", "test_images",
+                                       "test_labels", "train_limit",  "test_limit",   NULL};
     char dir[JOB_PATH_MAX];
     char fallback[JOB_PATH_MAX + 64];
     cJSON *empty = NULL;
     if (!obj) obj = empty = cJSON_CreateObject(); /* every key takes its default */
     tf_status st = check_keys(ctx, obj, path, keys);
-    if (st == TF_OK)
-        st = get_string(ctx, obj, path, "dir", 0, DEFAULT_DATA_DIR, dir, sizeof dir);
+    if (st == TF_OK) st = get_string(ctx, obj, path, "dir", 0, DEFAULT_DATA_DIR, dir, sizeof dir);
     const char *names[4] = {"train_images", "train_labels", "test_images", "test_labels"};
     const char *files[4] = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
-    char *dst[4] = {data->train_images, data->train_labels, data->test_images,
-                    data->test_labels};
+    char *dst[4] = {data->train_images, data->train_labels, data->test_images, data->test_labels};
     for (int i = 0; i < 4 && st == TF_OK; i++) {
         snprintf(fallback, sizeof fallback, "%s/%s", dir, files[i]);
         st = get_string(ctx, obj, path, names[i], 0, fallback, dst[i], JOB_PATH_MAX);
     }
     if (st == TF_OK)
-        st = get_int64(ctx, obj, path, "train_limit", 0, 0, 0, INT64_C(1) << 40,
-                       &data->train_limit);
+        st =
+            get_int64(ctx, obj, path, "train_limit", 0, 0, 0, INT64_C(1) << 40, &data->train_limit);
     if (st == TF_OK)
-        st = get_int64(ctx, obj, path, "test_limit", 0, 0, 0, INT64_C(1) << 40,
-                       &data->test_limit);
+        st = get_int64(ctx, obj, path, "test_limit", 0, 0, 0, INT64_C(1) << 40, &data->test_limit);
     cJSON_Delete(empty);
     return st;
 }
@@ -253,12 +246,11 @@ static tf_status parse_optimizer(const parse_ctx *ctx, const cJSON *obj, const c
     return st;
 }
 
-static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                             job_train *t)
+static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char *path, job_train *t)
 {
-    static const char *const keys[] = {"task",   "name",       "model", "data",
-                                       "optimizer", "epochs",  "steps", "batch_size",
-                                       "seed",   "log_every",  "output", "overwrite", NULL};
+    static const char *const keys[] = {"task",   "name",      "model",      "data", "optimizer",
+                                       "epochs", "steps",     "batch_size", "seed", "log_every",
+                                       "output", "overwrite", NULL};
     char sub[256];
     TRY(check_keys(ctx, obj, path, keys));
     TRY(get_string(ctx, obj, path, "name", 0, "train", t->name, sizeof t->name));
@@ -288,14 +280,15 @@ static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char 
 static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char *path,
                               job_method *m)
 {
-    static const char *const keys[] = {"name",   "method",    "solver",    "epsilon",
-                                       "solver_attention", "solver_mlp", "solver_stream",
-                                       "residual", "attention", "tokens", "window", "zscore",
-                                       "distance", "normalize", NULL};
+    static const char *const keys[] = {
+        "name",       "method",        "cost",      "solver",    "epsilon", "solver_attention",
+        "solver_mlp", "solver_stream", "residual",  "attention", "tokens",  "window",
+        "zscore",     "distance",      "normalize", NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
-    static const char *const residuals[] = {"joint",  "mean",     "weighted",
-                                            "skip",   "branch",   "identity", NULL};
+    static const char *const costs[] = {"activation", "weight", NULL};
+    static const char *const residuals[] = {"joint",  "mean",     "weighted", "skip",
+                                            "branch", "identity", NULL};
     static const char *const attentions[] = {"shared_qk", "head_aware", NULL};
     static const char *const tokens[] = {"all", "cls", "window", NULL};
     static const char *const distances[] = {"euclidean", "sqeuclidean", "cosine", NULL};
@@ -314,6 +307,8 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
                                 ctx->file, path, m->name);
     TRY(get_choice(ctx, obj, path, "method", kinds, 1, &kind));
     m->kind = kind == 0 ? JOB_METHOD_VANILLA : JOB_METHOD_OT;
+    TRY(get_choice(ctx, obj, path, "cost", costs, 0, &v));
+    o->cost = (enum fuse_cost)v;
     TRY(get_choice(ctx, obj, path, "solver", solvers, 0, &v));
     o->solver = (enum fuse_solver)v;
     TRY(get_double(ctx, obj, path, "epsilon", 0, o->epsilon, 1e-6, 100, &o->epsilon));
@@ -335,6 +330,15 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     o->distance = (enum fuse_distance)v;
     TRY(get_choice(ctx, obj, path, "normalize", norms, (int)o->norm, &v));
     o->norm = (enum fuse_norm)v;
+    if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
+        o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
+    if (o->cost == FUSE_COST_WEIGHT &&
+        (o->residual == FUSE_RESIDUAL_JOINT || o->residual == FUSE_RESIDUAL_WEIGHTED ||
+         o->residual == FUSE_RESIDUAL_IDENTITY))
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.residual must be mean, skip or branch with "
+                            "\"cost\": \"weight\"",
+                            ctx->file, path);
     return TF_OK;
 }
 
@@ -350,8 +354,7 @@ static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const ch
     TRY(get_double(ctx, obj, path, "lr", 0, 2e-4, 0, 10, &f->lr));
     TRY(get_double(ctx, obj, path, "min_lr", 0, 1e-6, 0, 10, &f->min_lr));
     TRY(get_double(ctx, obj, path, "weight_decay", 0, 0.05, 0, 10, &f->weight_decay));
-    TRY(get_int64(ctx, obj, path, "warmup_steps", 0, 10, 0, INT64_C(1) << 40,
-                  &f->warmup_steps));
+    TRY(get_int64(ctx, obj, path, "warmup_steps", 0, 10, 0, INT64_C(1) << 40, &f->warmup_steps));
     TRY(get_int(ctx, obj, path, "batch_size", 0, 128, 1, 1 << 20, &f->batch_size));
     int64_t seed = 0;
     TRY(get_int64(ctx, obj, path, "seed", 0, 0, 0, INT64_C(1) << 52, &seed));
@@ -363,11 +366,11 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
                                job_fuse *f)
 {
     const cJSON *parents = cJSON_GetObjectItemCaseSensitive(obj, "parents");
-    if (!parents) return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.parents",
-                                      ctx->file, path);
+    if (!parents)
+        return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.parents", ctx->file, path);
     if (!cJSON_IsArray(parents))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.parents must be an array of file names",
-                            ctx->file, path);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.parents must be an array of file names", ctx->file,
+                            path);
     int n = cJSON_GetArraySize(parents);
     if (n < 2 || n > JOB_MAX_PARENTS)
         return tf_error_set(TF_ERR_ARG, "%s: %s.parents has %d entries; between 2 and %d needed",
@@ -386,14 +389,16 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
     for (int i = 0; i < n; i++) f->weights[i] = 1.0 / n;
     if (!weights) return TF_OK;
     if (!cJSON_IsArray(weights) || cJSON_GetArraySize(weights) != n)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.weights must be an array of %d numbers, one per "
-                            "parent", ctx->file, path, n);
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.weights must be an array of %d numbers, one per "
+                            "parent",
+                            ctx->file, path, n);
     double sum = 0;
     for (int i = 0; i < n; i++) {
         const cJSON *item = cJSON_GetArrayItem(weights, i);
         if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0) || !isfinite(item->valuedouble))
-            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0",
-                                ctx->file, path, i);
+            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0", ctx->file,
+                                path, i);
         f->weights[i] = item->valuedouble;
         sum += item->valuedouble;
     }
@@ -403,13 +408,23 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
     return TF_OK;
 }
 
-static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                            job_fuse *f)
+static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *path, job_fuse *f)
 {
-    static const char *const keys[] = {"task",        "name",         "parents",   "anchor",
-                                       "weights",     "data",         "calibration_samples",
-                                       "calibration_seed", "methods", "finetune",  "output_dir",
-                                       "report",      "save_aligned", "save_maps", "overwrite",
+    static const char *const keys[] = {"task",
+                                       "name",
+                                       "parents",
+                                       "anchor",
+                                       "weights",
+                                       "data",
+                                       "calibration_samples",
+                                       "calibration_seed",
+                                       "methods",
+                                       "finetune",
+                                       "output_dir",
+                                       "report",
+                                       "save_aligned",
+                                       "save_maps",
+                                       "overwrite",
                                        NULL};
     char sub[256];
     TRY(check_keys(ctx, obj, path, keys));
@@ -436,12 +451,11 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
         TRY(parse_method(ctx, cJSON_GetArrayItem(methods, i), sub, &f->methods[i]));
         for (int j = 0; j < i; j++)
             if (strcmp(f->methods[i].name, f->methods[j].name) == 0)
-                return tf_error_set(TF_ERR_ARG, "%s: %s.name = \"%s\" is used twice",
-                                    ctx->file, sub, f->methods[i].name);
+                return tf_error_set(TF_ERR_ARG, "%s: %s.name = \"%s\" is used twice", ctx->file,
+                                    sub, f->methods[i].name);
     }
     snprintf(sub, sizeof sub, "%s.finetune", path);
-    TRY(parse_finetune(ctx, cJSON_GetObjectItemCaseSensitive(obj, "finetune"), sub,
-                       &f->finetune));
+    TRY(parse_finetune(ctx, cJSON_GetObjectItemCaseSensitive(obj, "finetune"), sub, &f->finetune));
     TRY(get_string(ctx, obj, path, "output_dir", 0, "", f->output_dir, sizeof f->output_dir));
     TRY(get_string(ctx, obj, path, "report", 0, "", f->report, sizeof f->report));
     TRY(get_bool(ctx, obj, path, "save_aligned", 0, &f->save_aligned));
@@ -473,8 +487,10 @@ static tf_status parse_root(const parse_ctx *ctx, const cJSON *root, job_file *j
             return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object", ctx->file, path);
         int kind = 0;
         if (!cJSON_GetObjectItemCaseSensitive(task, "task"))
-            return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.task (\"train\" or "
-                                "\"fuse\")", ctx->file, path);
+            return tf_error_set(TF_ERR_ARG,
+                                "%s: missing required key %s.task (\"train\" or "
+                                "\"fuse\")",
+                                ctx->file, path);
         TRY(get_choice(ctx, task, path, "task", task_kinds, 0, &kind));
         job->tasks[i].kind = kind == 0 ? JOB_TASK_TRAIN : JOB_TASK_FUSE;
         if (kind == 0)

@@ -12,6 +12,7 @@ fuse_options fuse_options_default(void)
 {
     fuse_options o;
     memset(&o, 0, sizeof o);
+    o.cost = FUSE_COST_ACTIVATION;
     o.solver = o.solver_attn = o.solver_mlp = o.solver_stream = FUSE_SOLVER_EXACT;
     o.epsilon = 0.08;
     o.residual = FUSE_RESIDUAL_JOINT;
@@ -84,7 +85,7 @@ static int select_tokens(const vit_config *c, const fuse_options *opt, int *toke
 }
 
 /* Solves one OT problem with uniform marginals; the plan has total mass 1. */
-static tf_status solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
+tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
                             double epsilon, const char *what, double *plan)
 {
     ot_info info;
@@ -118,7 +119,7 @@ static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int
     double *plan = tf_malloc((size_t)n * m * sizeof(double));
     tf_status st = cost && plan ? TF_OK : TF_ERR_NOMEM;
     if (st == TF_OK) st = fuse_stats_cost(stats, blocks, n_blocks, opt, cost);
-    if (st == TF_OK) st = solve_plan(cost, n, m, solver, opt->epsilon, what, plan);
+    if (st == TF_OK) st = fuse_solve_plan(cost, n, m, solver, opt->epsilon, what, plan);
     free(cost);
     if (st != TF_OK) {
         free(plan);
@@ -130,7 +131,7 @@ static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int
 
 /* Map of the position embeddings: each of the d dimensions is a point in R^T (a column
  * of pos), compared by Euclidean distance; depends on weights only. */
-static tf_status map_from_positions(const vit_model *parent, const vit_model *anchor,
+tf_status fuse_position_map(const vit_model *parent, const vit_model *anchor,
                                     const fuse_options *opt, double **out)
 {
     const int n = parent->cfg.d, m = anchor->cfg.d, T = vit_tokens(&anchor->cfg);
@@ -149,7 +150,7 @@ static tf_status map_from_positions(const vit_model *parent, const vit_model *an
         }
     if (st == TF_OK) {
         fuse_cost_normalize(cost, (int64_t)n * m, opt->norm);
-        st = solve_plan(cost, n, m, opt->solver_stream, opt->epsilon, "position embedding",
+        st = fuse_solve_plan(cost, n, m, opt->solver_stream, opt->epsilon, "position embedding",
                         plan);
     }
     free(cost);
@@ -162,7 +163,7 @@ static tf_status map_from_positions(const vit_model *parent, const vit_model *an
 }
 
 /* Plan of a residual join from the skip's and the branch's plans by the policy. */
-static double *join_plans(const double *skip, const double *branch, int64_t count,
+double *fuse_join_plans(const double *skip, const double *branch, int64_t count,
                           const fuse_options *opt, double branch_weight)
 {
     double *out = tf_malloc((size_t)count * sizeof(double));
@@ -262,9 +263,9 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const vit_model *
     block = BLOCK_PATCH;
     st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, "patch embedding",
                          &maps->patch);
-    if (st == TF_OK) st = map_from_positions(parent, anchor, opt, &maps->pos);
+    if (st == TF_OK) st = fuse_position_map(parent, anchor, opt, &maps->pos);
     if (st != TF_OK) return st;
-    maps->stream0 = join_plans(maps->pos, maps->patch, size, opt,
+    maps->stream0 = fuse_join_plans(maps->pos, maps->patch, size, opt,
                                branch_share(stats, BLOCK_X0, BLOCK_PATCH));
     const double *stream = maps->stream0;
     for (int l = 0; l < L; l++) {
@@ -273,14 +274,14 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const vit_model *
         snprintf(what, sizeof what, "layer %d attention output", l);
         st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->attn_out[l]);
         if (st != TF_OK) return st;
-        maps->stream1[l] = join_plans(stream, maps->attn_out[l], size, opt,
+        maps->stream1[l] = fuse_join_plans(stream, maps->attn_out[l], size, opt,
                                       branch_share(stats, skip_block, block));
         block = fuse_layer_block(l, BLOCK_MLP_OUT);
         snprintf(what, sizeof what, "layer %d MLP output", l);
         st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->mlp_out[l]);
         if (st != TF_OK || !maps->stream1[l]) return st != TF_OK ? st : TF_ERR_NOMEM;
         maps->stream2[l] =
-            join_plans(maps->stream1[l], maps->mlp_out[l], size, opt,
+            fuse_join_plans(maps->stream1[l], maps->mlp_out[l], size, opt,
                        branch_share(stats, fuse_layer_block(l, BLOCK_RES1), block));
         if (!maps->stream2[l]) return TF_ERR_NOMEM;
         stream = maps->stream2[l];
@@ -394,13 +395,13 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     if (!stats || !maps) st = TF_ERR_NOMEM;
 
     /* Step 1: activation statistics, sharded over ranks and reduced. */
-    for (int p = 0; st == TF_OK && p < n_parents; p++) {
+    for (int p = 0; st == TF_OK && opt->cost == FUSE_COST_ACTIVATION && p < n_parents; p++) {
         if (p == anchor) continue;
         stats[p] = fuse_stats_create(&parents[p]->cfg, &parents[anchor]->cfg);
         if (!stats[p]) st = TF_ERR_NOMEM;
     }
     double t0 = tf_seconds();
-    if (st == TF_OK)
+    if (st == TF_OK && opt->cost == FUSE_COST_ACTIVATION)
         st = accumulate_stats(comm, parents, n_parents, anchor, images, n_images, opt, stats);
     TF_DEBUG("calibration statistics: %.2f s", tf_seconds() - t0);
 
@@ -411,6 +412,10 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
         if (!maps[p]) {
             st = TF_ERR_NOMEM;
             break;
+        }
+        if (opt->cost == FUSE_COST_WEIGHT) {
+            st = fuse_weight_maps(parents[p], parents[anchor], opt, maps[p]);
+            continue;
         }
         if (opt->residual == FUSE_RESIDUAL_JOINT)
             st = stream_maps_joint(stats[p], opt, maps[p], parents[p]->cfg.d,

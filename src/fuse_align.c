@@ -39,8 +39,8 @@ static double *normalize_plan(const double *plan, int n, int m, int output_side)
 /* out (ra, ca) = T_out^T (ra x rp)  W (rp, cp)  T_in (cp, ca), where out_plan is the
  * (rp, ra) plan of the rows and in_plan the (cp, ca) plan of the columns; a NULL plan is
  * the identity (then ra = rp or ca = cp). W is float; the product is formed in double. */
-static tf_status align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
-                              const double *in_plan, int ca, float *out)
+tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
+                            const double *in_plan, int ca, float *out)
 {
     double *w = tf_malloc((size_t)rp * cp * sizeof(double));
     double *tmp = tf_malloc((size_t)rp * ca * sizeof(double));
@@ -76,7 +76,7 @@ done:
 /* A vector over neurons (e.g. a bias or a LayerNorm gain) on the output side. */
 static tf_status align_vector(const float *v, int n, const double *plan, int m, float *out)
 {
-    return align_matrix(v, n, 1, plan, m, NULL, 1, out);
+    return fuse_align_matrix(v, n, 1, plan, m, NULL, 1, out);
 }
 
 /* Parameters of layer l: Q, K and V blocks of the packed (3d, d) matrix. */
@@ -96,14 +96,14 @@ static tf_status align_layer(const vit_model *pm, const fuse_maps *maps, int l, 
     for (int part = 0; st == TF_OK && part < 3; part++) {
         const float *w = P(VIT_QKV_W) + ((int64_t)l * 3 * dp + (int64_t)part * dp) * dp;
         float *wa = A(VIT_QKV_W) + ((int64_t)l * 3 * da + (int64_t)part * da) * da;
-        st = align_matrix(w, dp, dp, qkv_maps[part], da, s_in, da, wa);
+        st = fuse_align_matrix(w, dp, dp, qkv_maps[part], da, s_in, da, wa);
         if (st == TF_OK)
             st = align_vector(P(VIT_QKV_B) + (int64_t)l * 3 * dp + (int64_t)part * dp, dp,
                               qkv_maps[part], da,
                               A(VIT_QKV_B) + (int64_t)l * 3 * da + (int64_t)part * da);
     }
     if (st == TF_OK)
-        st = align_matrix(P(VIT_PROJ_W) + (int64_t)l * dp * dp, dp, dp, maps->attn_out[l], da,
+        st = fuse_align_matrix(P(VIT_PROJ_W) + (int64_t)l * dp * dp, dp, dp, maps->attn_out[l], da,
                           maps->v[l], da, A(VIT_PROJ_W) + (int64_t)l * da * da);
     if (st == TF_OK)
         st = align_vector(P(VIT_PROJ_B) + (int64_t)l * dp, dp, maps->attn_out[l], da,
@@ -115,13 +115,13 @@ static tf_status align_layer(const vit_model *pm, const fuse_maps *maps, int l, 
         st = align_vector(P(VIT_LN2_B) + (int64_t)l * dp, dp, s_mid, da,
                           A(VIT_LN2_B) + (int64_t)l * da);
     if (st == TF_OK)
-        st = align_matrix(P(VIT_FC1_W) + (int64_t)l * fp * dp, fp, dp, maps->fc1[l], fa, s_mid,
+        st = fuse_align_matrix(P(VIT_FC1_W) + (int64_t)l * fp * dp, fp, dp, maps->fc1[l], fa, s_mid,
                           da, A(VIT_FC1_W) + (int64_t)l * fa * da);
     if (st == TF_OK)
         st = align_vector(P(VIT_FC1_B) + (int64_t)l * fp, fp, maps->fc1[l], fa,
                           A(VIT_FC1_B) + (int64_t)l * fa);
     if (st == TF_OK)
-        st = align_matrix(P(VIT_FC2_W) + (int64_t)l * dp * fp, dp, fp, maps->mlp_out[l], da,
+        st = fuse_align_matrix(P(VIT_FC2_W) + (int64_t)l * dp * fp, dp, fp, maps->mlp_out[l], da,
                           maps->fc1[l], fa, A(VIT_FC2_W) + (int64_t)l * da * fa);
     if (st == TF_OK)
         st = align_vector(P(VIT_FC2_B) + (int64_t)l * dp, dp, maps->mlp_out[l], da,
@@ -143,7 +143,7 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_
 
     /* Embeddings: patch embedding and class token with the patch map, position
      * embeddings (T, d) with the position map applied to their columns. */
-    st = align_matrix(parent->p[VIT_PATCH_W], dp, vit_patch_values(cp), patch_map, da, NULL,
+    st = fuse_align_matrix(parent->p[VIT_PATCH_W], dp, vit_patch_values(cp), patch_map, da, NULL,
                       vit_patch_values(ca), aligned->p[VIT_PATCH_W]);
     if (st == TF_OK)
         st = align_vector(parent->p[VIT_PATCH_B], dp, patch_map, da, aligned->p[VIT_PATCH_B]);
@@ -172,7 +172,7 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_
     if (st == TF_OK)
         st = align_vector(parent->p[VIT_LNF_B], dp, final_map, da, aligned->p[VIT_LNF_B]);
     if (st == TF_OK)
-        st = align_matrix(parent->p[VIT_HEAD_W], C, dp, NULL, C, final_map, da,
+        st = fuse_align_matrix(parent->p[VIT_HEAD_W], C, dp, NULL, C, final_map, da,
                           aligned->p[VIT_HEAD_W]);
     if (st == TF_OK)
         memcpy(aligned->p[VIT_HEAD_B], parent->p[VIT_HEAD_B], (size_t)C * sizeof(float));

@@ -37,10 +37,9 @@ static tf_status solve_inner(const double *cost, int e_p, int e_a, const fuse_op
     return st;
 }
 
-/* Builds the block-structured (n, m) plans for Q/K and V of one layer. */
-static tf_status head_aware_layer(const double *cost_qk, const double *cost_v, int heads,
-                                  int n, int m, const fuse_options *opt, double *plan_qk,
-                                  double *plan_v)
+tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int heads, int n,
+                                int m, const fuse_options *opt, double *plan_qk,
+                                double *plan_v)
 {
     const int e_p = n / heads, e_a = m / heads;
     const int64_t inner = (int64_t)e_p * e_a;
@@ -106,7 +105,7 @@ tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
             st = TF_ERR_NOMEM;
             break;
         }
-        st = head_aware_layer(cost_qk, cost_v, heads, n, m, opt, maps->qk[l], maps->v[l]);
+        st = fuse_head_aware_layer(cost_qk, cost_v, heads, n, m, opt, maps->qk[l], maps->v[l]);
         if (st != TF_OK)
             st = tf_error_set(st, "head-aware OT for layer %d failed: %s", l, tf_error_get());
     }

@@ -71,4 +71,34 @@ void fuse_cost_normalize(double *cost, int64_t count, enum fuse_norm norm);
 /* Root mean square of the anchor's activations over all neurons of a block. */
 double fuse_stats_anchor_rms(const fuse_stats *stats, int block);
 
+/* out (ra, ca) = T_out^T W (rp, cp) T_in with the output-side normalization of out_plan
+ * (rp, ra) and the input-side normalization of in_plan (cp, ca); NULL plans are the
+ * identity. */
+tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
+                            const double *in_plan, int ca, float *out);
+
+/* Solves a plan of total mass 1 with uniform marginals by the given solver; `what` names
+ * the problem in messages. */
+tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
+                          double epsilon, const char *what, double *plan);
+
+/* Head-aware Q/K and V plans (n, m) of one layer from their full cost matrices. */
+tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int heads, int n,
+                                int m, const fuse_options *opt, double *plan_qk,
+                                double *plan_v);
+
+/* Plan of a residual join: (1 - w) skip + w branch, w by the residual policy (branch_weight
+ * for "weighted"). Returns a new (n, m) array or NULL. */
+double *fuse_join_plans(const double *skip, const double *branch, int64_t count,
+                        const fuse_options *opt, double branch_weight);
+
+/* Position-embedding plan from the columns of the two models' position embeddings. */
+tf_status fuse_position_map(const vit_model *parent, const vit_model *anchor,
+                            const fuse_options *opt, double **out);
+
+/* Every map from weights alone, layer by layer (each layer's costs use the maps of its
+ * inputs). Needs a per-join residual policy. */
+tf_status fuse_weight_maps(const vit_model *parent, const vit_model *anchor,
+                           const fuse_options *opt, fuse_maps *maps);
+
 #endif

@@ -234,6 +234,25 @@ static void test_permuted_copy(const float *calib, int n_calib)
             vit_model_free(&fused);
         }
 
+    /* Weight-based costs, which support the per-join policies. */
+    for (int r = FUSE_RESIDUAL_MEAN; r <= FUSE_RESIDUAL_BRANCH; r++) {
+        if (r == FUSE_RESIDUAL_WEIGHTED) continue;
+        for (int attn = 0; attn < 2; attn++) {
+            fuse_options opt = fuse_options_default();
+            opt.cost = FUSE_COST_WEIGHT;
+            opt.residual = (enum fuse_residual)r;
+            opt.attention = attn ? FUSE_ATTN_HEAD_AWARE : FUSE_ATTN_SHARED_QK;
+            vit_model *parents[2] = {a, b};
+            vit_model *fused = fuse_models(parents, 2, &opt, calib, n_calib);
+            if (!fused) continue;
+            char what[96];
+            snprintf(what, sizeof what, "permuted copy, weight cost, residual %s, %s",
+                     residual_names[r], attn ? "head-aware" : "shared Q/K");
+            tu_close_f32(what, fused->params, a->params, a->num_params, 1e-5, 1e-6);
+            vit_model_free(&fused);
+        }
+    }
+
     /* The vanilla average of the two is a different function. */
     vit_model *avg = NULL;
     vit_model_create(&tiny, &avg);

@@ -18,6 +18,12 @@
 
 enum fuse_solver { FUSE_SOLVER_EXACT, FUSE_SOLVER_SINKHORN };
 
+/* What a neuron is compared by. */
+enum fuse_cost {
+    FUSE_COST_ACTIVATION, /* its activations over the calibration samples */
+    FUSE_COST_WEIGHT      /* its incoming weights and bias, inputs aligned, unit norm */
+};
+
 /* How the maps of the residual stream are formed. */
 enum fuse_residual {
     FUSE_RESIDUAL_JOINT,    /* one map for the whole stream, from the stream's activations at
@@ -43,6 +49,7 @@ enum fuse_attention {
 };
 
 typedef struct {
+    enum fuse_cost cost;
     enum fuse_solver solver;       /* default solver */
     double epsilon;                /* Sinkhorn regularizer on the normalized cost */
     enum fuse_solver solver_attn;  /* solver for Q/K and V maps */
