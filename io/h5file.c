@@ -225,9 +225,9 @@ tf_status h5f_create(MPI_Comm comm, const char *path, int overwrite, h5f_file **
     *out = NULL;
     h5f_quiet();
     status = h5f_agree(comm, h5f_alloc(comm, path, &f));
-    if (status != TF_OK) {
+    if (status != TF_OK || !f) {
         h5f_free(&f);
-        return status;
+        return status != TF_OK ? status : TF_ERR_NOMEM;
     }
 
     /* Rank 0 checks the target; all ranks take its outcome. */
@@ -320,9 +320,9 @@ tf_status h5f_open(MPI_Comm comm, const char *path, h5f_file **out)
     *out = NULL;
     h5f_quiet();
     status = h5f_agree(comm, h5f_alloc(comm, path, &f));
-    if (status != TF_OK) {
+    if (status != TF_OK || !f) {
         h5f_free(&f);
-        return status;
+        return status != TF_OK ? status : TF_ERR_NOMEM;
     }
 
     if (f->rank == 0) status = h5f_check_source(path);
@@ -818,7 +818,7 @@ tf_status h5f_get_attr_string(h5f_file *f, const char *object, const char *name,
     status = h5f_attr_open(f, object, name, H5T_STRING, H5T_STRING, "string", &attr, &type);
     if (status != TF_OK) goto exit;
     status = h5f_attr_read_string(f, attr, type, &text);
-    if (status != TF_OK) goto exit;
+    if (status != TF_OK || !text) goto exit;
     if (strlen(text) >= size) {
         status = tf_error_set(TF_ERR_FORMAT,
                               "attribute '%s' on '%s' in file '%s' has %zu characters; expected "

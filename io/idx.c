@@ -139,7 +139,7 @@ static tf_status idx_expect_end(idx_reader *r)
 /* Reads the image header and checks the dimensions. */
 static tf_status idx_images_header(idx_reader *r, int64_t *count, int *rows, int *cols)
 {
-    uint32_t dims[3];
+    uint32_t dims[3] = {0, 0, 0};
     tf_status status = idx_read_header(r, IDX_MAGIC_IMAGES, 3, dims);
     if (status != TF_OK) return status;
     if (dims[0] == 0)
@@ -158,7 +158,7 @@ static tf_status idx_images_header(idx_reader *r, int64_t *count, int *rows, int
 
 static tf_status idx_labels_header(idx_reader *r, int64_t *count)
 {
-    uint32_t dims[1];
+    uint32_t dims[1] = {0};
     tf_status status = idx_read_header(r, IDX_MAGIC_LABELS, 1, dims);
     if (status != TF_OK) return status;
     *count = dims[0];

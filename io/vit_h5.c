@@ -153,7 +153,7 @@ static tf_status vit_h5_check_finite(h5f_file *f, const char *dataset, const flo
     for (int i = 0; i < ndims; i++) count *= dims[i];
     for (int64_t flat = 0; flat < count; flat++) {
         if (isfinite(x[flat])) continue;
-        int64_t index[4], rest = flat;
+        int64_t index[4] = {0}, rest = flat;
         for (int i = ndims - 1; i >= 0; i--) {
             index[i] = rest % dims[i];
             rest /= dims[i];
