@@ -290,7 +290,7 @@ void h5f_discard(h5f_file **fp)
     f->file = -1;
     MPI_Barrier(f->comm);
     if (f->writable && f->rank == 0 && remove(f->temp_path) != 0 && errno != ENOENT)
-        TF_WARN("cannot remove temporary file '%s': %s", f->temp_path, strerror(errno));
+        TF_WARN("removing temporary file '%s' failed: %s", f->temp_path, strerror(errno));
     MPI_Barrier(f->comm);
     h5f_free(fp);
 }

@@ -38,8 +38,9 @@ static tf_status idx_open(idx_reader *r, const char *path)
     r->offset = 0;
     FILE *fp = fopen(path, "rb");
     if (!fp)
-        return tf_error_set(TF_ERR_IO, "cannot open idx file '%s': %s; check the data paths", path,
-                            strerror(errno));
+        return tf_error_set(TF_ERR_IO,
+                            "opening idx file '%s' failed: %s; check the data paths in the job",
+                            path, strerror(errno));
     unsigned char head[2] = {0, 0};
     size_t got = fread(head, 1, 2, fp);
     fclose(fp);
@@ -47,7 +48,7 @@ static tf_status idx_open(idx_reader *r, const char *path)
 
     r->gz = gzopen(path, "rb");
     if (!r->gz)
-        return tf_error_set(TF_ERR_IO, "cannot open idx file '%s' through zlib: %s", path,
+        return tf_error_set(TF_ERR_IO, "opening idx file '%s' with zlib failed: %s", path,
                             errno ? strerror(errno) : "out of memory");
     return TF_OK;
 }
