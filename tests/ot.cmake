@@ -9,3 +9,6 @@ tfuse_add_test_exe(test_ot_oracle test_ot_oracle.c)
 tfuse_add_mpi_test(NAME ot_oracle TARGET test_ot_oracle RANKS 1
   ARGS ${CMAKE_CURRENT_BINARY_DIR}/ot_oracle)
 set_tests_properties(ot_oracle_np1 PROPERTIES FIXTURES_REQUIRED ot_oracle)
+
+tfuse_add_test_exe(test_ot_cases test_ot_cases.c)
+tfuse_add_mpi_test(NAME ot_cases TARGET test_ot_cases RANKS 1)
