@@ -796,8 +796,10 @@ static tf_status h5f_attr_read_string(h5f_file *f, hid_t attr, hid_t type, char 
         if (*out) memcpy(*out, text ? text : "", n);
         H5free_memory(text);
     } else {
+        /* One byte more than stored: a null-padded string of n chars has no terminator,
+         * and a null-terminated memory type of size n would drop its last char. */
         size_t n = H5Tget_size(type);
-        H5F_CHECK(f->path, H5Tset_size(mem_type, n));
+        H5F_CHECK(f->path, H5Tset_size(mem_type, n + 1));
         *out = tf_calloc(n + 1, 1);
         if (*out) H5F_CHECK(f->path, H5Aread(attr, mem_type, *out));
     }

@@ -24,3 +24,15 @@ else()
   message(STATUS "h5dump not found; the io_vit_h5dump test is not registered")
 endif()
 set_tests_properties(io_vit_h5py PROPERTIES FIXTURES_REQUIRED io_vit_model)
+
+# A model written by h5py from the documented layout alone (compressed float64 datasets,
+# int32 and fixed-length string attributes), loaded by C at several rank counts.
+set(TFUSE_IO_PYMODEL ${CMAKE_CURRENT_BINARY_DIR}/io_vit_h5py_written.h5)
+add_test(NAME io_vit_pywrite
+  COMMAND ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/io_check_model.py write ${TFUSE_IO_PYMODEL})
+set_tests_properties(io_vit_pywrite PROPERTIES FIXTURES_SETUP io_vit_pymodel)
+tfuse_add_mpi_test(NAME io_vit_import TARGET test_io_vit RANKS 1 2 4
+  ARGS --import ${TFUSE_IO_PYMODEL})
+foreach(np 1 2 4)
+  set_tests_properties(io_vit_import_np${np} PROPERTIES FIXTURES_REQUIRED io_vit_pymodel)
+endforeach()

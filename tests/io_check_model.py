@@ -1,7 +1,9 @@
-"""Check a ViT model file written by `test_io_vit --export PATH` with h5py or h5dump.
+"""Check a ViT model file written by `test_io_vit --export PATH` with h5py or h5dump,
+or write one with h5py for `test_io_vit --import PATH`.
 
 Usage: io_check_model.py h5py PATH
        io_check_model.py h5dump PATH H5DUMP
+       io_check_model.py write PATH
 
 The shapes come from the table in docs/FORMAT.md, recomputed here from the attributes.
 Parameter i of the model, counted in buffer order across the tensors, was set to
@@ -113,9 +115,35 @@ def check_h5dump(path, h5dump):
     print(f"h5dump -H: checked {len(NAMES)} datasets of {path}")
 
 
+def write_model(path):
+    """Write a model as another program would: only from the documented layout, with
+    gzip-compressed chunked float64 datasets, int32 and fixed-length string attributes."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = np.bytes_(b"tfuse-model")
+        f.attrs["format_version"] = np.int32(1)
+        f.attrs["architecture"] = "vit"
+        for key, value in EXPECTED_CONFIG.items():
+            f.attrs[key] = np.int32(value)
+        f.attrs["ln_eps"] = 1e-6
+        f.attrs["comment"] = "written by io_check_model.py"
+        params = f.create_group("params")
+        offset = 0
+        for name, shape in shapes(EXPECTED_CONFIG):
+            count = int(np.prod(shape))
+            values = expected_values(offset, count).astype(np.float64).reshape(shape)
+            params.create_dataset(name, data=values, compression="gzip", chunks=True)
+            offset += count
+        f.create_dataset("extra/ignored", data=np.zeros(3))
+    print(f"wrote {offset} values in {len(NAMES)} datasets to {path}")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "h5py":
         check_h5py(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "write":
+        write_model(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "h5dump":
         check_h5dump(sys.argv[2], sys.argv[3])
     else:

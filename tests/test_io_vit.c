@@ -4,7 +4,8 @@
  *
  * With "--export PATH" it instead saves a model whose parameter i (in buffer order) is
  * ((i * 7919) % 10007) / 1024 - 4, exactly representable in float32, for the h5py and
- * h5dump checks in io_check_model.py. */
+ * h5dump checks in io_check_model.py. With "--import PATH" it loads the model that
+ * io_check_model.py wrote with h5py from the same formula and checks every value. */
 #include "testutil.h"
 #include "tfuse/vit_io.h"
 
@@ -246,27 +247,51 @@ static void test_rejected_files(void)
                     "expected 'vit'");
 }
 
+static const vit_config exchange_cfg = {.image_size = 28,
+                                        .channels = 1,
+                                        .patch = 7,
+                                        .d = 16,
+                                        .layers = 2,
+                                        .heads = 4,
+                                        .mlp = 40,
+                                        .classes = 10,
+                                        .ln_eps = 1e-6};
+
+/* Parameter i of the exchanged models, exact in float32. */
+static float exchange_value(int64_t i)
+{
+    return (float)((i * 7919) % 10007) / 1024.0f - 4.0f;
+}
+
 /* Saves the model checked by io_check_model.py; see the file comment. */
 static int export_model(const char *path)
 {
-    const vit_config cfg = {.image_size = 28,
-                            .channels = 1,
-                            .patch = 7,
-                            .d = 16,
-                            .layers = 2,
-                            .heads = 4,
-                            .mlp = 40,
-                            .classes = 10,
-                            .ln_eps = 1e-6};
     vit_model *model = NULL;
-    if (vit_model_create(&cfg, &model) != TF_OK) TF_DIE("vit_model_create: %s", tf_error_get());
-    for (int64_t i = 0; i < model->num_params; i++)
-        model->params[i] = (float)((i * 7919) % 10007) / 1024.0f - 4.0f;
+    if (vit_model_create(&exchange_cfg, &model) != TF_OK)
+        TF_DIE("vit_model_create: %s", tf_error_get());
+    for (int64_t i = 0; i < model->num_params; i++) model->params[i] = exchange_value(i);
     tf_status st = vit_model_save(model, MPI_COMM_WORLD, path, 1);
     vit_model_free(&model);
     if (st != TF_OK) TF_DIE("saving '%s' failed: %s", path, tf_error_get());
     if (rank == 0) printf("saved test model '%s' from %d ranks\n", path, size);
     return 0;
+}
+
+/* Loads the model io_check_model.py wrote with h5py and checks every value exactly. */
+static int import_model(const char *path)
+{
+    vit_model *model = NULL;
+    expect_status("load h5py model", vit_model_load(MPI_COMM_WORLD, path, &model), TF_OK);
+    if (model) {
+        TU_CHECK(same_config(&model->cfg, &exchange_cfg), "h5py model configuration differs");
+        float *want = malloc((size_t)model->num_params * sizeof(float));
+        if (!want) TF_DIE("out of memory");
+        for (int64_t i = 0; i < model->num_params; i++) want[i] = exchange_value(i);
+        tu_close_f32("h5py model parameters", model->params, want, model->num_params, 0.0, 0.0);
+        free(want);
+    }
+    vit_model_free(&model);
+    return tu_finish("test_io_vit --import");
 }
 
 int main(int argc, char **argv)
@@ -280,6 +305,12 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return rc;
     }
+    if (argc == 3 && strcmp(argv[1], "--import") == 0) {
+        int rc = import_model(argv[2]);
+        MPI_Finalize();
+        return rc;
+    }
+    if (argc != 1) TF_DIE("usage: %s [--export PATH | --import PATH]", argv[0]);
     snprintf(dir, sizeof dir, "io_vit_np%d_XXXXXX", size);
     if (rank == 0 && !mkdtemp(dir)) TF_DIE("cannot create a scratch directory");
     MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
