@@ -29,10 +29,13 @@ const char *tf_status_str(tf_status status)
 
 tf_status tf_error_set(tf_status status, const char *fmt, ...)
 {
+    /* Format into a copy first: callers often pass tf_error_get() as an argument. */
+    char message[sizeof error_message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    memcpy(error_message, message, sizeof error_message);
     return status;
 }
 
@@ -121,6 +124,24 @@ _Noreturn void tf_die(const char *file, int line, const char *fmt, ...)
         }
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
+    exit(1);
+}
+
+_Noreturn void tf_die_all(const char *fmt, ...)
+{
+    char message[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    if (tf_world_rank() == 0) {
+        fprintf(stderr, "error: %s\n", message);
+        fflush(stderr);
+    }
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized && !finalized) MPI_Finalize();
     exit(1);
 }
 

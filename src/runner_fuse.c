@@ -176,9 +176,10 @@ static void print_table(const job_fuse *f, const double *parent_acc,
     TF_INFO("%-36s %10s %10s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
     for (int p = 0; p < f->n_parents; p++) {
         char label[JOB_PATH_MAX + 32];
-        snprintf(label, sizeof label, "parent %d%s (%s)", p, p == f->anchor ? ", anchor" : "",
-                 f->parents[p]);
-        if (strlen(label) > 36) snprintf(label + 30, 7, "...)");
+        const char *base = strrchr(f->parents[p], '/');
+        base = base ? base + 1 : f->parents[p];
+        snprintf(label, sizeof label, "parent %d %.20s%s", p, base,
+                 p == f->anchor ? " (anchor)" : "");
         TF_INFO("%-36s %9.2f%%", label, 100 * parent_acc[p]);
     }
     for (int m = 0; m < f->n_methods; m++) {

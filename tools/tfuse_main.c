@@ -38,24 +38,29 @@ int main(int argc, char **argv)
             MPI_Finalize();
             return 0;
         } else if (argv[i][0] == '-') {
-            if (tf_world_rank() == 0) print_usage(stderr);
-            TF_DIE("unknown option %s", argv[i]);
+            tf_die_all("unknown option %s; see tfuse-mpi --help", argv[i]);
         } else if (job_path) {
-            TF_DIE("more than one job file given (%s and %s); pass one", job_path, argv[i]);
+            tf_die_all("more than one job file given (%s and %s); pass one", job_path, argv[i]);
         } else {
             job_path = argv[i];
         }
     }
     if (!job_path) {
         if (tf_world_rank() == 0) print_usage(stderr);
-        TF_DIE("no job file given");
+        tf_die_all("no job file given");
     }
 
+    /* Every rank reads and checks the same job, so a failure here is the same on all
+     * ranks and is reported once. */
     job_file *job = NULL;
     tf_status st = job_file_load(job_path, &job);
-    if (st != TF_OK) TF_DIE("%s", tf_error_get());
+    if (st != TF_OK) tf_die_all("%s", tf_error_get());
+    st = runner_run_job(MPI_COMM_WORLD, job, 1);
+    if (st != TF_OK) tf_die_all("%s", tf_error_get());
+
+    /* A failure while running may hit one rank only: MPI_Abort ends them all. */
     double t0 = tf_seconds();
-    st = runner_run_job(MPI_COMM_WORLD, job, validate_only);
+    if (!validate_only) st = runner_run_job(MPI_COMM_WORLD, job, 0);
     if (st != TF_OK) TF_DIE("%s", tf_error_get());
     if (validate_only)
         TF_INFO("%s: valid (%d tasks)", job_path, job->n_tasks);

@@ -54,6 +54,11 @@ _Noreturn void tf_die(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 #define TF_DIE(...) tf_die(__FILE__, __LINE__, __VA_ARGS__)
 
+/* For a failure that every rank of MPI_COMM_WORLD reaches the same way (e.g. an invalid
+ * job file): rank 0 prints "error: <message>", every rank finalizes MPI and exits with
+ * status 1, so the message appears once. Collective on MPI_COMM_WORLD. */
+_Noreturn void tf_die_all(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Checked allocation: on failure logs the byte count and the caller's file:line and returns
  * NULL (library code then returns TF_ERR_NOMEM). Memory is freed with free(). */
 void *tf_malloc_at(size_t bytes, const char *file, int line);

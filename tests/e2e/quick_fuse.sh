@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# End to end on real Fashion-MNIST, small: trains two tiny ViT parents on 3 000 images,
+# fuses them (vanilla and three OT methods, with a short finetune) and checks the report,
+# the fused model files and that nothing is left under a temporary name.
+# usage: quick_fuse.sh TFUSE_MPI RANKS WORKDIR
+set -euo pipefail
+tfuse=$1 ranks=$2 work=$3
+data=/usr/share/datasets/fashion-mnist
+if [[ ! -r $data/t10k-images-idx3-ubyte.gz ]]; then
+    echo "quick_fuse: $data is missing; install dataset-fashion-mnist" >&2
+    exit 1
+fi
+rm -rf "$work"
+mkdir -p "$work"
+cat > "$work/job.json" <<JOB
+{"tasks": [
+ {"task": "train", "name": "a", "seed": 1, "steps": 150, "log_every": 50,
+  "model": {"d": 16, "layers": 2, "heads": 2, "mlp": 32},
+  "data": {"train_limit": 3000, "test_limit": 1000}, "optimizer": {"lr": 3e-3, "warmup_steps": 5},
+  "output": "$work/a.h5"},
+ {"task": "train", "name": "b", "seed": 2, "steps": 150, "log_every": 50,
+  "model": {"d": 16, "layers": 2, "heads": 2, "mlp": 32},
+  "data": {"train_limit": 3000, "test_limit": 1000}, "optimizer": {"lr": 3e-3, "warmup_steps": 5},
+  "output": "$work/b.h5"},
+ {"task": "fuse", "parents": ["$work/a.h5", "$work/b.h5"], "calibration_samples": 40,
+  "data": {"train_limit": 3000, "test_limit": 1000},
+  "methods": [{"name": "vanilla", "method": "vanilla"},
+              {"name": "exact-joint", "solver": "exact"},
+              {"name": "sinkhorn-mean", "solver": "sinkhorn", "epsilon": 0.05, "residual": "mean"},
+              {"name": "weights-headaware", "cost": "weight", "attention": "head_aware"}],
+  "finetune": {"steps": 5},
+  "output_dir": "$work/fused", "report": "$work/report.json", "save_aligned": true}
+]}
+JOB
+mpirun -n "$ranks" "$tfuse" "$work/job.json" > "$work/log.txt" 2>&1 || {
+    cat "$work/log.txt"
+    echo "quick_fuse: tfuse-mpi failed at $ranks ranks" >&2
+    exit 1
+}
+cat "$work/log.txt"
+/usr/bin/python3 - "$work" <<'PY'
+import json, os, sys, h5py
+work = sys.argv[1]
+report = json.load(open(os.path.join(work, "report.json")))
+failures = []
+checks = 0
+def check(cond, what):
+    global checks
+    checks += 1
+    if not cond:
+        failures.append(what)
+check(len(report["parents"]) == 2, "two parents in the report")
+for p in report["parents"]:
+    check(p["test_accuracy"] > 0.5, f"parent {p['file']} accuracy {p['test_accuracy']} > 0.5")
+names = [m["name"] for m in report["methods"]]
+check(names == ["vanilla", "exact-joint", "sinkhorn-mean", "weights-headaware"], f"methods {names}")
+for m in report["methods"]:
+    check(0 <= m["one_shot_accuracy"] <= 1, f"{m['name']} one-shot accuracy in [0, 1]")
+    check("finetuned_accuracy" in m, f"{m['name']} has a finetuned accuracy")
+    with h5py.File(os.path.join(work, "fused", m["name"] + ".h5"), "r") as f:
+        check(f.attrs["architecture"] == b"vit" or f.attrs["architecture"] == "vit",
+              f"{m['name']}.h5 architecture attribute")
+        check(f["params/qkv_w"].shape == (2, 48, 16), f"{m['name']}.h5 qkv_w shape")
+        if m["name"] != "vanilla":
+            check("maps/parent1/layer0/qk" in f, f"{m['name']}.h5 has the Q/K map")
+            plan = f["maps/parent1/layer0/fc1"][...]
+            check(abs(plan.sum() - 1) < 1e-9, f"{m['name']} fc1 plan mass {plan.sum()}")
+            check("aligned/parent1/params/fc1_w" in f, f"{m['name']}.h5 has the aligned parent")
+leftovers = [n for n in os.listdir(os.path.join(work, "fused")) if n.endswith(".tmp") or ".tmp" in n]
+check(not leftovers, f"no temporary files left: {leftovers}")
+for f in failures:
+    print("FAIL", f)
+print(f"quick_fuse: {checks - len(failures)} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)
+PY
