@@ -166,6 +166,31 @@ static tf_status idx_labels_header(idx_reader *r, int64_t *count)
     return TF_OK;
 }
 
+/* Allocates a set of `count` images of rows x cols pixels, checking that it fits. */
+static tf_status idx_image_set_alloc(const char *images_path, int64_t count, int rows, int cols,
+                                     tf_image_set **out)
+{
+    int64_t image_bytes = (int64_t)rows * cols;
+    if (count > INT64_MAX / image_bytes || (uint64_t)(count * image_bytes) > SIZE_MAX)
+        return tf_error_set(TF_ERR_ARG,
+                            "idx image file '%s': %lld images of %d x %d pixels do not fit in "
+                            "memory; set a smaller limit",
+                            images_path, (long long)count, rows, cols);
+    tf_image_set *set = tf_calloc(1, sizeof *set);
+    if (!set) return TF_ERR_NOMEM;
+    set->count = count;
+    set->rows = rows;
+    set->cols = cols;
+    set->pixels = tf_malloc((size_t)(count * image_bytes));
+    set->labels = tf_malloc((size_t)count);
+    if (!set->pixels || !set->labels) {
+        idx_image_set_free(&set);
+        return TF_ERR_NOMEM;
+    }
+    *out = set;
+    return TF_OK;
+}
+
 tf_status idx_image_set_load(const char *images_path, const char *labels_path, int64_t limit,
                              tf_image_set **out)
 {
@@ -197,28 +222,13 @@ tf_status idx_image_set_load(const char *images_path, const char *labels_path, i
 
     /* Keep the first `limit` images. */
     int keep_all = limit <= 0 || limit >= count;
-    int64_t kept_count = keep_all ? count : limit;
-    int64_t image_bytes = (int64_t)rows * cols;
-    if (kept_count > INT64_MAX / image_bytes || (uint64_t)(kept_count * image_bytes) > SIZE_MAX) {
-        status = tf_error_set(TF_ERR_ARG,
-                              "idx image file '%s': %lld images of %d x %d pixels "
-                              "do not fit in memory; set a smaller limit",
-                              images_path, (long long)kept_count, rows, cols);
-        goto exit;
-    }
-    set = tf_calloc(1, sizeof *set);
-    if (!set) goto nomem;
-    set->count = kept_count;
-    set->rows = rows;
-    set->cols = cols;
-    set->pixels = tf_malloc((size_t)(kept_count * image_bytes));
-    set->labels = tf_malloc((size_t)kept_count);
-    if (!set->pixels || !set->labels) goto nomem;
+    status = idx_image_set_alloc(images_path, keep_all ? count : limit, rows, cols, &set);
+    if (status != TF_OK) goto exit;
 
     /* Pixels and labels. idx_read reports a truncated file. */
-    status = idx_read(&images, set->pixels, (size_t)(kept_count * image_bytes), "pixels");
+    status = idx_read(&images, set->pixels, (size_t)(set->count * rows * cols), "pixels");
     if (status != TF_OK) goto exit;
-    status = idx_read(&labels, set->labels, (size_t)kept_count, "labels");
+    status = idx_read(&labels, set->labels, (size_t)set->count, "labels");
     if (status != TF_OK) goto exit;
     if (keep_all) {
         status = idx_expect_end(&images);
@@ -227,14 +237,11 @@ tf_status idx_image_set_load(const char *images_path, const char *labels_path, i
         if (status != TF_OK) goto exit;
     }
     TF_DEBUG("read %lld images of %d x %d from '%s' (%s) and labels from '%s' (%s)",
-             (long long)kept_count, rows, cols, images_path, idx_kind(&images), labels_path,
+             (long long)set->count, rows, cols, images_path, idx_kind(&images), labels_path,
              idx_kind(&labels));
     *out = set;
     set = NULL;
-    goto exit;
 
-nomem:
-    status = TF_ERR_NOMEM;
 exit:
     idx_close(&images);
     idx_close(&labels);
