@@ -17,7 +17,8 @@ typedef struct {
     float *cls;   /* (B, d) final-layer class tokens, then their gradient */
     float *dlnf;  /* (B, d) gradient of the final LayerNorm output */
     float *dlog;  /* (B, C) gradient of the logits */
-    float *work;  /* (T, T) attention backward workspace */
+    float *dgelu; /* (L, B, T, f) GELU derivative at fc1 */
+    float *work;  /* vit_attention_work(T, d) floats for the attention kernels */
 } vit_scratch;
 
 static const char *const param_names[VIT_NUM_PARAMS] = {
@@ -211,7 +212,8 @@ static void acts_release(vit_acts *a)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     vit_scratch *s = a->scratch;
     if (s) {
-        float **sb[] = {&s->dx, &s->dln, &s->dwide, &s->emb, &s->cls, &s->dlnf, &s->dlog, &s->work};
+        float **sb[] = {&s->dx,   &s->dln,  &s->dwide, &s->emb, &s->cls,
+                        &s->dlnf, &s->dlog, &s->dgelu, &s->work};
         for (size_t i = 0; i < sizeof sb / sizeof sb[0]; i++) free(*sb[i]);
         free(s);
     }
@@ -268,7 +270,8 @@ tf_status vit_acts_create(const vit_config *cfg, int max_batch, vit_acts **out)
                 {&s->cls, B * d},
                 {&s->dlnf, B * d},
                 {&s->dlog, B * C},
-                {&s->work, T * T}};
+                {&s->dgelu, L * B * T * f},
+                {&s->work, vit_attention_work((int)T, (int)d)}};
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
         *plan[i].buf = tf_malloc((size_t)plan[i].count * sizeof(float));
         if (!*plan[i].buf) {
@@ -336,24 +339,23 @@ static void layer_forward(const vit_model *m, vit_acts *a, int l, const float *x
     float *res1 = a->res1 + l * Lrd, *ln2 = a->ln2 + l * Lrd, *res2 = a->res2 + l * Lrd;
     float *fc1 = a->fc1 + l * Lrf, *gelu = a->gelu + l * Lrf;
     float *att = a->att + (int64_t)l * B * c->heads * T * T;
+    vit_scratch *s = a->scratch;
 
     vit_layernorm_forward(ln1, a->ln1_mean + l * rows, a->ln1_rstd + l * rows, x,
                           m->p[VIT_LN1_G] + l * d, m->p[VIT_LN1_B] + l * d, rows, d, c->ln_eps);
     vit_linear_forward(qkv, ln1, m->p[VIT_QKV_W] + (int64_t)l * 3 * d * d,
-                       m->p[VIT_QKV_B] + l * 3 * d, rows, d, 3 * d);
-    vit_attention_forward(atty, att, qkv, B, T, d, c->heads);
+                       m->p[VIT_QKV_B] + l * 3 * d, NULL, rows, d, 3 * d);
+    vit_attention_forward(atty, att, qkv, B, T, d, c->heads, s->work);
     vit_linear_forward(res1, atty, m->p[VIT_PROJ_W] + (int64_t)l * d * d, m->p[VIT_PROJ_B] + l * d,
-                       rows, d, d);
-    for (int64_t i = 0; i < Lrd; i++) res1[i] += x[i];
+                       x, rows, d, d);
 
     vit_layernorm_forward(ln2, a->ln2_mean + l * rows, a->ln2_rstd + l * rows, res1,
                           m->p[VIT_LN2_G] + l * d, m->p[VIT_LN2_B] + l * d, rows, d, c->ln_eps);
     vit_linear_forward(fc1, ln2, m->p[VIT_FC1_W] + (int64_t)l * f * d, m->p[VIT_FC1_B] + l * f,
-                       rows, d, f);
-    vit_gelu_forward(gelu, fc1, Lrf);
+                       NULL, rows, d, f);
+    vit_gelu_forward(gelu, s->dgelu + l * Lrf, fc1, Lrf);
     vit_linear_forward(res2, gelu, m->p[VIT_FC2_W] + (int64_t)l * d * f, m->p[VIT_FC2_B] + l * d,
-                       rows, f, d);
-    for (int64_t i = 0; i < Lrd; i++) res2[i] += res1[i];
+                       res1, rows, f, d);
 }
 
 /* Copies the class token (row 0 of each image) of stream (B, T, d) into cls (B, d). */
@@ -391,7 +393,7 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
 
     /* Patch embedding as one GEMM, then class token and position embeddings. */
     extract_patches(acts->patches, images, c, batch);
-    vit_linear_forward(s->emb, acts->patches, model->p[VIT_PATCH_W], NULL, (int64_t)batch * N,
+    vit_linear_forward(s->emb, acts->patches, model->p[VIT_PATCH_W], NULL, NULL, (int64_t)batch * N,
                        vit_patch_values(c), d);
     assemble_tokens(acts->x0, s->emb, model, batch);
 
@@ -403,8 +405,8 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
     gather_class_tokens(s->cls, acts->res2 + (L - 1) * rows * d, batch, T, d);
     vit_layernorm_forward(acts->lnf, acts->lnf_mean, acts->lnf_rstd, s->cls, model->p[VIT_LNF_G],
                           model->p[VIT_LNF_B], batch, d, c->ln_eps);
-    vit_linear_forward(acts->logits, acts->lnf, model->p[VIT_HEAD_W], model->p[VIT_HEAD_B], batch,
-                       d, c->classes);
+    vit_linear_forward(acts->logits, acts->lnf, model->p[VIT_HEAD_W], model->p[VIT_HEAD_B], NULL,
+                       batch, d, c->classes);
     double mean_loss =
         vit_softmax_xent_forward(acts->probs, acts->logits, labels, batch, c->classes);
     if (labels) *loss = (float)mean_loss;
@@ -426,7 +428,7 @@ static void layer_backward(const vit_model *m, vit_acts *a, int l, const float *
     vit_linear_backward(s->dwide, GRAD(VIT_FC2_W) + (int64_t)l * d * f, GRAD(VIT_FC2_B) + l * d,
                         s->dx, a->gelu + l * Lrf, m->p[VIT_FC2_W] + (int64_t)l * d * f, rows, f, d,
                         0);
-    vit_gelu_backward(s->dwide, s->dwide, a->fc1 + l * Lrf, Lrf);
+    vit_gelu_backward(s->dwide, s->dwide, s->dgelu + l * Lrf, Lrf);
     vit_linear_backward(s->dln, GRAD(VIT_FC1_W) + (int64_t)l * f * d, GRAD(VIT_FC1_B) + l * f,
                         s->dwide, a->ln2 + l * Lrd, m->p[VIT_FC1_W] + (int64_t)l * f * d, rows, d,
                         f, 0);

@@ -1,3 +1,7 @@
+/* ViT kernels. The loops are written so that GCC vectorizes them at -O3 (see the compile
+ * options of this file in CMakeLists.txt): inner loops run over a contiguous axis without
+ * reductions, and sums over the model width use LANES independent partial sums added in
+ * a fixed order, so results stay bitwise reproducible. */
 #include "vit_kernels.h"
 
 #include <cblas.h>
@@ -5,16 +9,71 @@
 #include <string.h>
 
 #define VIT_SQRT1_2 0.70710678118654752f
+#define VIT_INV_SQRT_2PI 0.39894228040143268f
+#define LANES 16
 
-/* y (rows, out) = x (rows, in) W^T (in, out) + b (out). One GEMM over all rows. */
-void vit_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t rows,
-                        int in, int out)
+/* y (n) += x (n). */
+static void add_row(float *restrict y, const float *restrict x, int n)
 {
-    if (b) {
+    for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* Sum of LANES partial sums, added in index order. */
+static float sum_lanes(const float *acc)
+{
+    float total = 0.0f;
+    for (int j = 0; j < LANES; j++) total += acc[j];
+    return total;
+}
+
+/* y (n) += a x (n). */
+static inline void axpy(float *restrict y, float a, const float *restrict x, int n)
+{
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* exp(x) for x in [-87, 88] (clamped outside) with a relative error near float rounding:
+ * x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 Taylor polynomial (truncation
+ * error below 1e-8), and 2^n built in the exponent bits. Branch-free and without library
+ * calls, so that loops calling it vectorize, unlike loops calling libm's expf. */
+static inline float vit_expf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* Adding and subtracting 1.5 * 2^23 rounds to the nearest integer. */
+    const float round_shift = 12582912.0f;
+    float n = (x * 1.44269504088896341f + round_shift) - round_shift;
+    /* ln2 = 0.693359375 - 2.12194440e-4; the first part times n is exact in float. */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union {
+        int32_t bits;
+        float value;
+    } scale;
+    scale.bits = ((int32_t)n + 127) << 23; /* 2^n, with n in [-126, 127] after the clamp */
+    return p * scale.value;
+}
+
+/* y (rows, out) = x (rows, in) W^T (in, out) + b (out) + residual (rows, out). One GEMM over
+ * all rows, accumulating onto the bias and residual copied into y. */
+void vit_linear_forward(float *y, const float *x, const float *w, const float *b,
+                        const float *residual, int64_t rows, int in, int out)
+{
+    if (residual && residual != y) memcpy(y, residual, (size_t)rows * out * sizeof(float));
+    if (b && residual) {
+        for (int64_t r = 0; r < rows; r++) add_row(y + r * out, b, out);
+    } else if (b) {
         for (int64_t r = 0; r < rows; r++) memcpy(y + r * out, b, (size_t)out * sizeof(float));
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, out, in, 1.0f, x, in, w, in,
-                b ? 1.0f : 0.0f, y, out);
+                b || residual ? 1.0f : 0.0f, y, out);
 }
 
 /* dy (rows, out), x (rows, in), W (out, in): dW (out, in) = dy^T x, db (out) = column sums of
@@ -39,110 +98,140 @@ void vit_linear_backward(float *dx, float *dw, float *db, const float *dy, const
 
 /* x, y (rows, d); gain, bias (d); mean, rstd (rows). Two-pass mean and variance (biased, as
  * PyTorch's LayerNorm). */
-void vit_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gain,
-                           const float *bias, int64_t rows, int d, double eps)
+void vit_layernorm_forward(float *restrict y, float *restrict mean, float *restrict rstd,
+                           const float *restrict x, const float *restrict gain,
+                           const float *restrict bias, int64_t rows, int d, double eps)
 {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        float sum = 0.0f;
-        for (int i = 0; i < d; i++) sum += xr[i];
-        float mu = sum / (float)d;
-        float var = 0.0f;
-        for (int i = 0; i < d; i++) {
-            float c = xr[i] - mu;
-            var += c * c;
+        float acc[LANES] = {0}, acc2[LANES] = {0};
+        int i = 0;
+        for (; i + LANES <= d; i += LANES)
+            for (int j = 0; j < LANES; j++) acc[j] += xr[i + j];
+        for (; i < d; i++) acc[0] += xr[i];
+        float mu = sum_lanes(acc) / (float)d;
+        for (i = 0; i + LANES <= d; i += LANES) {
+            for (int j = 0; j < LANES; j++) {
+                float c = xr[i + j] - mu;
+                acc2[j] += c * c;
+            }
         }
-        var /= (float)d;
-        float rs = (float)(1.0 / sqrt((double)var + eps));
-        for (int i = 0; i < d; i++) yr[i] = (xr[i] - mu) * rs * gain[i] + bias[i];
+        for (; i < d; i++) acc2[0] += (xr[i] - mu) * (xr[i] - mu);
+        float rs = (float)(1.0 / sqrt((double)(sum_lanes(acc2) / (float)d) + eps));
+        for (i = 0; i < d; i++) yr[i] = (xr[i] - mu) * rs * gain[i] + bias[i];
         mean[r] = mu;
         rstd[r] = rs;
     }
 }
 
-/* dy, x, dx (rows, d); gain, dgain, dbias (d); mean, rstd (rows). With xhat the normalized
- * input and g = dy * gain: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). */
+/* One row of the LayerNorm backward. With xhat the normalized input and g = dy * gain:
+ * dx += rstd * (g - mean(g) - xhat * mean(g * xhat)); dgain += dy * xhat; dbias += dy. */
+static void layernorm_row_backward(float *restrict dx, float *restrict dgain, float *restrict dbias,
+                                   const float *restrict dy, const float *restrict x, float mu,
+                                   float rs, const float *restrict gain, int d)
+{
+    float acc_g[LANES] = {0}, acc_gx[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= d; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
+            float xhat = (x[i + j] - mu) * rs, g = dy[i + j] * gain[i + j];
+            acc_g[j] += g;
+            acc_gx[j] += g * xhat;
+            dgain[i + j] += dy[i + j] * xhat;
+            dbias[i + j] += dy[i + j];
+        }
+    }
+    for (; i < d; i++) {
+        float xhat = (x[i] - mu) * rs, g = dy[i] * gain[i];
+        acc_g[0] += g;
+        acc_gx[0] += g * xhat;
+        dgain[i] += dy[i] * xhat;
+        dbias[i] += dy[i];
+    }
+    float mean_g = sum_lanes(acc_g) / (float)d, mean_gx = sum_lanes(acc_gx) / (float)d;
+    for (i = 0; i < d; i++) {
+        float xhat = (x[i] - mu) * rs;
+        dx[i] += rs * (dy[i] * gain[i] - mean_g - xhat * mean_gx);
+    }
+}
+
+/* dy, x, dx (rows, d); gain, dgain, dbias (d); mean, rstd (rows). */
 void vit_layernorm_backward(float *dx, float *dgain, float *dbias, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *gain, int64_t rows,
                             int d)
 {
     memset(dgain, 0, (size_t)d * sizeof(float));
     memset(dbias, 0, (size_t)d * sizeof(float));
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * d, *dyr = dy + r * d;
-        float *dxr = dx + r * d;
-        float mu = mean[r], rs = rstd[r];
-        float sum_g = 0.0f, sum_gx = 0.0f;
-        for (int i = 0; i < d; i++) {
-            float xhat = (xr[i] - mu) * rs;
-            float g = dyr[i] * gain[i];
-            sum_g += g;
-            sum_gx += g * xhat;
-            dgain[i] += dyr[i] * xhat;
-            dbias[i] += dyr[i];
-        }
-        float mean_g = sum_g / (float)d, mean_gx = sum_gx / (float)d;
-        for (int i = 0; i < d; i++) {
-            float xhat = (xr[i] - mu) * rs;
-            dxr[i] += rs * (dyr[i] * gain[i] - mean_g - xhat * mean_gx);
-        }
-    }
+    for (int64_t r = 0; r < rows; r++)
+        layernorm_row_backward(dx + r * d, dgain, dbias, dy + r * d, x + r * d, mean[r], rstd[r],
+                               gain, d);
 }
 
-/* x, y (n). GELU(x) = 0.5 x (1 + erf(x / sqrt(2))), PyTorch's nn.GELU() default. */
-void vit_gelu_forward(float *y, const float *x, int64_t n)
+/* x, y, dydx (n). GELU(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), PyTorch's nn.GELU()
+ * default, and its derivative Phi(x) + x phi(x). erf(z) for z >= 0 is the rational
+ * approximation 1 - t (a1 + t (a2 + ... + t a5)) exp(-z^2), t = 1 / (1 + p z), of
+ * Abramowitz and Stegun, Handbook of Mathematical Functions, formula 7.1.26 (absolute error
+ * at most 1.5e-7; test_vit_grad checks it). exp(-z^2) = exp(-x^2 / 2) is shared with phi. */
+void vit_gelu_forward(float *restrict y, float *restrict dydx, const float *restrict x, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * VIT_SQRT1_2));
-}
-
-/* dx, dy, x (n). GELU'(x) = Phi(x) + x phi(x) with phi the standard normal density. */
-void vit_gelu_backward(float *dx, const float *dy, const float *x, int64_t n)
-{
-    const float inv_sqrt_2pi = 0.3989422804014327f;
+    const float p = 0.3275911f, a1 = 0.254829592f, a2 = -0.284496736f, a3 = 1.421413741f;
+    const float a4 = -1.453152027f, a5 = 1.061405429f;
     for (int64_t i = 0; i < n; i++) {
-        float cdf = 0.5f * (1.0f + erff(x[i] * VIT_SQRT1_2));
-        float pdf = inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
-        dx[i] = dy[i] * (cdf + x[i] * pdf);
+        float xi = x[i], z = fabsf(xi) * VIT_SQRT1_2;
+        float t = 1.0f / (1.0f + p * z);
+        float e = vit_expf(-z * z);
+        float poly = ((((a5 * t + a4) * t + a3) * t + a2) * t + a1) * t;
+        float cdf = 0.5f * (1.0f + copysignf(1.0f - poly * e, xi));
+        y[i] = xi * cdf;
+        dydx[i] = cdf + xi * e * VIT_INV_SQRT_2PI;
     }
 }
 
-/* One (batch, head) pair. q, k, v (T, dh) with row stride 3*d; att (T, T); y (T, dh) with row
- * stride d. att = softmax(q k^T / sqrt(dh)) over the last axis, y = att v. */
-static void attention_head_forward(float *y, float *att, const float *q, const float *k,
-                                   const float *v, int tokens, int dh, int stride_qkv, int stride_y)
+/* dx, dy, dydx (n): dx = dy * dydx, in place over dy allowed. */
+void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * dydx[i];
+}
+
+/* row (n) <- softmax(row). */
+static void softmax_row(float *restrict row, int n)
+{
+    float max = row[0];
+    for (int s = 1; s < n; s++) max = row[s] > max ? row[s] : max;
+    for (int s = 0; s < n; s++) row[s] = vit_expf(row[s] - max);
+    float sum = 0.0f;
+    for (int s = 0; s < n; s++) sum += row[s];
+    float inv = 1.0f / sum;
+    for (int s = 0; s < n; s++) row[s] *= inv;
+}
+
+/* One (batch, head) pair. q, k, v (T, dh) with row stride sq = 3*d; att (T, T); y (T, dh)
+ * with row stride sy = d; kt (dh, T) workspace. att = softmax(q k^T / sqrt(dh)) over the
+ * last axis, y = att v. K is transposed and scaled first so that the inner loops run over
+ * contiguous tokens or channels. */
+static void attention_head_forward(float *restrict y, float *restrict att, const float *restrict q,
+                                   const float *restrict k, const float *restrict v, int tokens,
+                                   int dh, int sq, int sy, float *restrict kt)
 {
     float scale = 1.0f / sqrtf((float)dh);
+    for (int s = 0; s < tokens; s++)
+        for (int i = 0; i < dh; i++) kt[i * tokens + s] = k[s * sq + i] * scale;
     for (int t = 0; t < tokens; t++) {
         float *row = att + t * tokens;
-        const float *qt = q + t * stride_qkv;
-        float max = -INFINITY;
-        for (int s = 0; s < tokens; s++) {
-            const float *ks = k + s * stride_qkv;
-            float dot = 0.0f;
-            for (int i = 0; i < dh; i++) dot += qt[i] * ks[i];
-            row[s] = dot * scale;
-            if (row[s] > max) max = row[s];
-        }
-        float sum = 0.0f;
-        for (int s = 0; s < tokens; s++) {
-            row[s] = expf(row[s] - max);
-            sum += row[s];
-        }
-        float inv = 1.0f / sum;
-        float *yt = y + t * stride_y;
+        const float *qt = q + t * sq;
+        for (int s = 0; s < tokens; s++) row[s] = 0.0f;
+        for (int i = 0; i < dh; i++) axpy(row, qt[i], kt + i * tokens, tokens);
+        softmax_row(row, tokens);
+        float *yt = y + t * sy;
         for (int i = 0; i < dh; i++) yt[i] = 0.0f;
-        for (int s = 0; s < tokens; s++) {
-            row[s] *= inv;
-            const float *vs = v + s * stride_qkv;
-            for (int i = 0; i < dh; i++) yt[i] += row[s] * vs[i];
-        }
+        for (int s = 0; s < tokens; s++) axpy(yt, row[s], v + s * sq, dh);
     }
 }
 
-/* qkv (B, T, 3*d), att (B, h, T, T), y (B, T, d). */
+/* qkv (B, T, 3*d), att (B, h, T, T), y (B, T, d), work (d/h, T). */
 void vit_attention_forward(float *y, float *att, const float *qkv, int batch, int tokens, int d,
-                           int heads)
+                           int heads, float *work)
 {
     int dh = d / heads;
     for (int b = 0; b < batch; b++) {
@@ -151,51 +240,47 @@ void vit_attention_forward(float *y, float *att, const float *qkv, int batch, in
             const float *q = base + hd * dh, *k = base + d + hd * dh, *v = base + 2 * d + hd * dh;
             float *a = att + ((int64_t)b * heads + hd) * tokens * tokens;
             attention_head_forward(y + (int64_t)b * tokens * d + hd * dh, a, q, k, v, tokens, dh,
-                                   3 * d, d);
+                                   3 * d, d, work);
         }
     }
 }
 
-/* One (batch, head) pair. dy (T, dh) stride d; att (T, T); q, k, v and dq, dk, dv (T, dh)
- * stride 3*d; work (T, T). With dA = dy v^T and dS = att * (dA - rowsum(att * dA)):
- * dv = att^T dy, dq = dS k / sqrt(dh), dk = dS^T q / sqrt(dh). */
-static void attention_head_backward(float *dq, float *dk, float *dv, const float *dy,
-                                    const float *att, const float *q, const float *k,
-                                    const float *v, int tokens, int dh, int sq, int sy, float *ds)
+/* Pointers of one (batch, head) pair for the attention backward. */
+typedef struct {
+    float *dq, *dk, *dv;    /* (T, dh), row stride sq, accumulated into */
+    const float *q, *k, *v; /* (T, dh), row stride sq */
+    const float *dy;        /* (T, dh), row stride sy */
+    const float *att;       /* (T, T) */
+    int tokens, dh, sq, sy;
+} attention_head;
+
+/* With dA = dy v^T and dS = att * (dA - rowsum(att * dA)) / sqrt(dh): dv = att^T dy,
+ * dq = dS k, dk = dS^T q. work (T + dh*T): one row of dS, then v transposed. */
+static void attention_head_backward(const attention_head *h, float *restrict work)
 {
+    int T = h->tokens, dh = h->dh, sq = h->sq, sy = h->sy;
+    float *restrict ds = work, *restrict vt = work + T;
+    float *restrict dq = h->dq, *restrict dk = h->dk, *restrict dv = h->dv;
+    const float *restrict q = h->q, *restrict k = h->k, *restrict dy = h->dy;
     float scale = 1.0f / sqrtf((float)dh);
-    for (int t = 0; t < tokens; t++) {
-        const float *dyt = dy + t * sy, *at = att + t * tokens;
-        float *dst = ds + t * tokens;
-        float dot_sum = 0.0f;
-        for (int s = 0; s < tokens; s++) {
-            const float *vs = v + s * sq;
-            float *dvs = dv + s * sq;
-            float da = 0.0f;
-            for (int i = 0; i < dh; i++) {
-                da += dyt[i] * vs[i];
-                dvs[i] += at[s] * dyt[i];
-            }
-            dst[s] = da;
-            dot_sum += at[s] * da;
-        }
-        for (int s = 0; s < tokens; s++) dst[s] = at[s] * (dst[s] - dot_sum) * scale;
-    }
-    for (int t = 0; t < tokens; t++) {
-        const float *dst = ds + t * tokens, *qt = q + t * sq;
-        float *dqt = dq + t * sq;
-        for (int s = 0; s < tokens; s++) {
-            const float *ks = k + s * sq;
-            float *dks = dk + s * sq;
-            for (int i = 0; i < dh; i++) {
-                dqt[i] += dst[s] * ks[i];
-                dks[i] += dst[s] * qt[i];
-            }
+    for (int s = 0; s < T; s++)
+        for (int i = 0; i < dh; i++) vt[i * T + s] = h->v[s * sq + i];
+    for (int t = 0; t < T; t++) {
+        const float *at = h->att + t * T, *dyt = dy + t * sy;
+        for (int s = 0; s < T; s++) ds[s] = 0.0f;
+        for (int i = 0; i < dh; i++) axpy(ds, dyt[i], vt + i * T, T);
+        float dot = 0.0f;
+        for (int s = 0; s < T; s++) dot += at[s] * ds[s];
+        for (int s = 0; s < T; s++) ds[s] = at[s] * (ds[s] - dot) * scale;
+        for (int s = 0; s < T; s++) {
+            axpy(dv + s * sq, at[s], dyt, dh);
+            axpy(dq + t * sq, ds[s], k + s * sq, dh);
+            axpy(dk + s * sq, ds[s], q + t * sq, dh);
         }
     }
 }
 
-/* dy (B, T, d), att (B, h, T, T), qkv and dqkv (B, T, 3*d), work (T, T). */
+/* dy (B, T, d), att (B, h, T, T), qkv and dqkv (B, T, 3*d), work (T + d/h*T). */
 void vit_attention_backward(float *dqkv, const float *dy, const float *att, const float *qkv,
                             int batch, int tokens, int d, int heads, float *work)
 {
@@ -205,11 +290,19 @@ void vit_attention_backward(float *dqkv, const float *dy, const float *att, cons
         int64_t off = (int64_t)b * tokens * 3 * d;
         for (int hd = 0; hd < heads; hd++) {
             int c = hd * dh;
-            const float *a = att + ((int64_t)b * heads + hd) * tokens * tokens;
-            attention_head_backward(dqkv + off + c, dqkv + off + d + c, dqkv + off + 2 * d + c,
-                                    dy + (int64_t)b * tokens * d + c, a, qkv + off + c,
-                                    qkv + off + d + c, qkv + off + 2 * d + c, tokens, dh, 3 * d, d,
-                                    work);
+            attention_head h = {.dq = dqkv + off + c,
+                                .dk = dqkv + off + d + c,
+                                .dv = dqkv + off + 2 * d + c,
+                                .q = qkv + off + c,
+                                .k = qkv + off + d + c,
+                                .v = qkv + off + 2 * d + c,
+                                .dy = dy + (int64_t)b * tokens * d + c,
+                                .att = att + ((int64_t)b * heads + hd) * tokens * tokens,
+                                .tokens = tokens,
+                                .dh = dh,
+                                .sq = 3 * d,
+                                .sy = d};
+            attention_head_backward(&h, work);
         }
     }
 }

@@ -7,9 +7,10 @@
 
 #include <stdint.h>
 
-/* y = x W^T + b. x (rows, in), W (out, in), b (out) or NULL, y (rows, out). */
-void vit_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t rows,
-                        int in, int out);
+/* y = x W^T + b + residual. x (rows, in), W (out, in), b (out) or NULL, residual (rows, out)
+ * or NULL (may equal y), y (rows, out). */
+void vit_linear_forward(float *y, const float *x, const float *w, const float *b,
+                        const float *residual, int64_t rows, int in, int out);
 
 /* Backward of vit_linear_forward for upstream gradient dy (rows, out): dw (out, in) and
  * db (out) are overwritten; dx (rows, in) is overwritten unless NULL, or accumulated into
@@ -27,22 +28,30 @@ void vit_layernorm_backward(float *dx, float *dgain, float *dbias, const float *
                             const float *mean, const float *rstd, const float *gain, int64_t rows,
                             int d);
 
-/* Exact GELU, x * Phi(x) with Phi the standard normal CDF. x, y (n). */
-void vit_gelu_forward(float *y, const float *x, int64_t n);
+/* GELU in the erf form, y = x * Phi(x) with Phi the standard normal CDF, and its derivative
+ * dydx for the backward pass. x, y, dydx (n). */
+void vit_gelu_forward(float *y, float *dydx, const float *x, int64_t n);
 
-/* dx = dy * GELU'(x), in place over dy allowed. dx, dy, x (n). */
-void vit_gelu_backward(float *dx, const float *dy, const float *x, int64_t n);
+/* dx = dy * dydx, in place over dy allowed. dx, dy, dydx (n). */
+void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n);
 
 /* Multi-head self-attention core. qkv (B, T, 3*d) with Q, K, V blocks of width d and head k
  * owning columns k*d/h..(k+1)*d/h-1 of each block; att (B, h, T, T) receives the softmax
- * probabilities; y (B, T, d) receives the heads concatenated. */
+ * probabilities; y (B, T, d) receives the heads concatenated. work needs
+ * vit_attention_work(T, d) floats. */
 void vit_attention_forward(float *y, float *att, const float *qkv, int batch, int tokens, int d,
-                           int heads);
+                           int heads, float *work);
 
 /* Backward of vit_attention_forward. dy (B, T, d), att (B, h, T, T), qkv (B, T, 3*d);
- * dqkv (B, T, 3*d) is overwritten. work needs T*T floats. */
+ * dqkv (B, T, 3*d) is overwritten. work needs vit_attention_work(T, d) floats. */
 void vit_attention_backward(float *dqkv, const float *dy, const float *att, const float *qkv,
                             int batch, int tokens, int d, int heads, float *work);
+
+/* Workspace of the attention kernels in floats, enough for any head count. */
+static inline int64_t vit_attention_work(int tokens, int d)
+{
+    return (int64_t)tokens * (d + 1);
+}
 
 /* Row softmax and mean cross-entropy. logits, probs (B, C); labels (B) or NULL. Returns the
  * mean cross-entropy, or 0 when labels is NULL. */

@@ -7,6 +7,7 @@
 
 #include "testutil.h"
 #include "tfuse/vit.h"
+#include "vit_kernels.h"
 
 static vit_config tiny_config(double eps)
 {
@@ -169,10 +170,36 @@ static void check_guards(void)
     TU_CHECK(m == NULL, "model_free did not null the pointer");
 }
 
+/* The GELU kernel's erf approximation against libm's erf in double, and its derivative
+ * against Phi(x) + x phi(x), on a grid over [-12, 12] that includes 0. */
+static void check_gelu(void)
+{
+    enum { N = 24001 };
+    float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
+    float *dydx = malloc(N * sizeof(float)), *want_y = malloc(N * sizeof(float));
+    float *want_dydx = malloc(N * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        x[i] = (float)(-12.0 + 1e-3 * i);
+        double xi = x[i], cdf = 0.5 * (1.0 + erf(xi / sqrt(2.0)));
+        want_y[i] = (float)(xi * cdf);
+        want_dydx[i] = (float)(cdf + xi * exp(-0.5 * xi * xi) / sqrt(2.0 * 3.14159265358979323846));
+    }
+    vit_gelu_forward(y, dydx, x, N);
+    /* erf's absolute error 1.5e-7 scales with |x| in GELU; float rounding adds about 1e-7
+     * relative. */
+    tu_close_f32("gelu", y, want_y, N, 2e-6, 1e-6);
+    tu_close_f32("gelu derivative", dydx, want_dydx, N, 2e-6, 1e-6);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) worst = fmax(worst, fabs((double)y[i] - want_y[i]));
+    printf("gelu: max abs error %.2e over [-12, 12]\n", worst);
+    free(x), free(y), free(dydx), free(want_y), free(want_dydx);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     check_guards();
+    check_gelu();
     check_gradients(1e-12);
     check_gradients(1e-6);
     check_gradients(1e-5);
