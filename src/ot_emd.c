@@ -19,13 +19,12 @@
 /* Relative tolerance on the difference of the two masses. */
 #define OT_MASS_RTOL 1e-9
 
-tf_status ot_check_problem(const char *caller, int n, int m, const double *cost, const double *mu,
-                           const double *nu, double *mass)
+tf_status ot_check_marginals(const char *caller, int n, int m, const double *mu, const double *nu,
+                             double *mass)
 {
     if (n < 1 || m < 1)
         return tf_error_set(
             TF_ERR_ARG, "%s: invalid problem size n = %d, m = %d; both must be >= 1", caller, n, m);
-    if (!cost) return tf_error_set(TF_ERR_ARG, "%s: cost is NULL", caller);
 
     double sum_mu = 0.0, sum_nu = 0.0;
     for (int i = 0; i < n; i++) {
@@ -49,13 +48,21 @@ tf_status ot_check_problem(const char *caller, int n, int m, const double *cost,
                             "%s: sum(mu) = %.17g differs from sum(nu) = %.17g by more than "
                             "%g relative; normalize both marginals to the same mass",
                             caller, sum_mu, sum_nu, OT_MASS_RTOL);
+    if (mass) *mass = sum_mu;
+    return TF_OK;
+}
 
+tf_status ot_check_problem(const char *caller, int n, int m, const double *cost, const double *mu,
+                           const double *nu, double *mass)
+{
+    tf_status st = ot_check_marginals(caller, n, m, mu, nu, mass);
+    if (st != TF_OK) return st;
+    if (!cost) return tf_error_set(TF_ERR_ARG, "%s: cost is NULL", caller);
     for (int64_t k = 0; k < (int64_t)n * m; k++) {
         if (!isfinite(cost[k]))
             return tf_error_set(TF_ERR_ARG, "%s: cost[%lld, %lld] = %g is not finite", caller,
                                 (long long)(k / m), (long long)(k % m), cost[k]);
     }
-    if (mass) *mass = sum_mu;
     return TF_OK;
 }
 

@@ -7,6 +7,11 @@
 #include "tfuse/common.h"
 #include "tfuse/ot.h"
 
+/* Validates the marginals of an OT problem: n, m >= 1, entries finite and >= 0, equal
+ * sums (relative tolerance 1e-9). Writes sum(mu) into *mass when mass is non-NULL. */
+tf_status ot_check_marginals(const char *caller, int n, int m, const double *mu, const double *nu,
+                             double *mass);
+
 /* Validates an OT problem for the public solvers: n, m >= 1, cost non-NULL and finite,
  * marginals finite and >= 0 with equal sums (relative tolerance 1e-9). On failure sets
  * a message that starts with caller and names the offending value and index. Writes
@@ -24,6 +29,14 @@ static inline double ot_marginal_at(const double *mu, int64_t i, int64_t n)
  * arguments above 709.7 give +inf; NaN is not supported. Vectorized with AVX2 or AVX-512
  * when the compiler targets them. */
 void ot_exp_array(int64_t len, const double *x, double *out);
+
+/* Shapes: row (m), g (m), out (m). Writes out_j = exp((shift + g_j - row_j) * inv_eps)
+ * and returns the sum of out. */
+double ot_exp_row_sum(int64_t m, const double *row, const double *g, double shift, double inv_eps,
+                      double *out);
+
+/* Shapes: x (m), y (m). Computes y += alpha x. */
+void ot_add_scaled(int64_t m, double alpha, const double *x, double *y);
 
 /* One fused Sinkhorn row sweep over a block of rows of the cost.
  * Shapes: cost (rows, m) row-major with leading dimension ld; f (rows) and g (m) are the

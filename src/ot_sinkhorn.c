@@ -112,10 +112,8 @@ void ot_exp_array(int64_t len, const double *x, double *out)
     for (; j < len; j++) out[j] = exp_scalar(x[j]);
 }
 
-/* Shapes: row (m), g (m), out (m). Writes out_j = exp((shift + g_j - row_j) * inv_eps)
- * and returns the sum of out. */
-static double exp_row_sum(int64_t m, const double *row, const double *g, double shift,
-                          double inv_eps, double *out)
+double ot_exp_row_sum(int64_t m, const double *row, const double *g, double shift, double inv_eps,
+                      double *out)
 {
     int64_t j = 0;
     double sum = 0.0;
@@ -156,8 +154,7 @@ static double exp_row_sum(int64_t m, const double *row, const double *g, double 
     return sum;
 }
 
-/* Shapes: x (m), y (m). Computes y += alpha x. */
-static void add_scaled(int64_t m, double alpha, const double *x, double *y)
+void ot_add_scaled(int64_t m, double alpha, const double *x, double *y)
 {
     int64_t j = 0;
 #if defined(__AVX512F__)
@@ -193,7 +190,7 @@ double ot_sinkhorn_rows(int64_t rows, int64_t m, const double *cost, int64_t ld,
         }
         const double *row = cost + i * ld;
         double a = exp(la[i]);
-        double s = exp_row_sum(m, row, g, f[i], inv_eps, work);
+        double s = ot_exp_row_sum(m, row, g, f[i], inv_eps, work);
         err += fabs(s - a);
 
         /* Shifted sum out of range: shift by the exact maximum instead. */
@@ -201,12 +198,12 @@ double ot_sinkhorn_rows(int64_t rows, int64_t m, const double *cost, int64_t ld,
             f[i] += eps * (la[i] - log(s));
         } else {
             double mx = row_max(m, row, g);
-            s = exp_row_sum(m, row, g, -mx, inv_eps, work);
+            s = ot_exp_row_sum(m, row, g, -mx, inv_eps, work);
             f[i] = eps * la[i] - mx - eps * log(s);
         }
 
         /* Row i of the updated plan is work * a / s. */
-        add_scaled(m, a / s, work, colsum);
+        ot_add_scaled(m, a / s, work, colsum);
     }
     return err;
 }
@@ -354,7 +351,7 @@ static double sinkhorn_write_plan(sk_state *s, double eps, double *plan)
         if (s->f[i] == -INFINITY)
             memset(prow, 0, (size_t)s->m * sizeof(double));
         else
-            r = exp_row_sum(s->m, s->cost + i * s->m, s->g, s->f[i], 1.0 / eps, prow);
+            r = ot_exp_row_sum(s->m, s->cost + i * s->m, s->g, s->f[i], 1.0 / eps, prow);
         err += fabs(r - exp(s->la[i]));
         for (int64_t j = 0; j < s->m; j++) s->colsum[j] += prow[j];
     }

@@ -12,3 +12,6 @@ set_tests_properties(ot_oracle_np1 PROPERTIES FIXTURES_REQUIRED ot_oracle)
 
 tfuse_add_test_exe(test_ot_cases test_ot_cases.c)
 tfuse_add_mpi_test(NAME ot_cases TARGET test_ot_cases RANKS 1)
+
+tfuse_add_test_exe(test_ot_dist test_ot_dist.c)
+tfuse_add_mpi_test(NAME ot_dist TARGET test_ot_dist RANKS 1 2 4)

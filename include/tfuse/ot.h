@@ -58,4 +58,57 @@ ot_sinkhorn_options ot_sinkhorn_defaults(double epsilon);
 tf_status ot_sinkhorn_solve(int n, int m, const double *cost, const double *mu, const double *nu,
                             const ot_sinkhorn_options *opt, double *plan, ot_info *info);
 
+/* ---- Distributed Sinkhorn ---------------------------------------------------------
+ * The cost and the plan are (n, m) matrices distributed block-cyclically over a BLACS
+ * process grid as in ScaLAPACK: a 9-integer array descriptor (from descinit) and, on
+ * each rank, a column-major local array with leading dimension desc[8]. Marginals are
+ * replicated on every rank. */
+
+/* A BLACS process grid over an MPI communicator, with the rank's place in it. */
+typedef struct {
+    MPI_Comm comm;    /* the communicator the grid was built on (not owned) */
+    int context;      /* BLACS context */
+    int nprow, npcol; /* grid shape, nprow * npcol = size of comm */
+    int myrow, mycol; /* this rank's coordinates */
+} ot_grid;
+
+/* Creates a row-major BLACS grid over comm of shape nprow x npcol with nprow the largest
+ * divisor of the size <= sqrt(size). Collective on comm. Free with ot_grid_free. */
+tf_status ot_grid_create(MPI_Comm comm, ot_grid **grid);
+/* Releases the BLACS context; accepts NULL and sets *grid to NULL. Collective. */
+void ot_grid_free(ot_grid **grid);
+
+/* Fills desc for an (n, m) matrix on grid with square blocks of size block, source
+ * process (0, 0), and writes this rank's local row and column counts. Local */
+tf_status ot_dist_desc(const ot_grid *grid, int n, int m, int block, int desc[9], int *local_rows,
+                       int *local_cols);
+
+/* Copies this rank's entries of full (n, m) row-major, present on every rank, into
+ * local (column-major, leading dimension desc[8]). Local; desc from the same grid. */
+void ot_dist_scatter(const ot_grid *grid, const int desc[9], const double *full, double *local);
+
+/* Gathers a distributed (n, m) matrix into full (n, m) row-major on every rank of
+ * grid->comm. Collective. Returns TF_ERR_ARG if n * m does not fit in int (MPI counts). */
+tf_status ot_dist_gather(const ot_grid *grid, const int desc[9], const double *local, double *full);
+
+/* Solves entropic OT as ot_sinkhorn_solve does, with the cost distributed over grid as
+ * described by desc (global size n x m in desc[2], desc[3]), and writes the plan into
+ * plan_local with the same layout. Collective on grid->comm; every rank returns the
+ * same status, message and info. Per iteration the row and column sums of the plan
+ * are reduced over the grid's row and column communicators. The iteration updates
+ * the column potentials first, so the stopping rule checks the L1 row error; at
+ * convergence the plan equals ot_sinkhorn_solve's up to the tolerance. */
+tf_status ot_sinkhorn_solve_dist(const ot_grid *grid, const int desc[9], const double *cost_local,
+                                 const double *mu, const double *nu, const ot_sinkhorn_options *opt,
+                                 double *plan_local, ot_info *info);
+
+/* Solves entropic OT with the full cost (n, m) present on every rank of comm and
+ * writes the full plan on every rank. Problems with n * m < threshold, or comm of size
+ * 1, run ot_sinkhorn_solve on each rank (same input, same result, no messages); larger
+ * ones are scattered over a grid of all ranks, solved by ot_sinkhorn_solve_dist and
+ * gathered. Collective on comm. */
+tf_status ot_sinkhorn_solve_auto(MPI_Comm comm, int64_t threshold, int n, int m, const double *cost,
+                                 const double *mu, const double *nu, const ot_sinkhorn_options *opt,
+                                 double *plan, ot_info *info);
+
 #endif
