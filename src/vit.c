@@ -18,7 +18,7 @@ typedef struct {
     float *dlnf;  /* (B, d) gradient of the final LayerNorm output */
     float *dlog;  /* (B, C) gradient of the logits */
     float *dgelu; /* (L, B, T, f) GELU derivative at fc1 */
-    float *work;  /* vit_attention_work(T, d) floats for the attention kernels */
+    float *work;  /* vit_attention_work(T, d, h) floats for the attention kernels */
 } vit_scratch;
 
 static const char *const param_names[VIT_NUM_PARAMS] = {
@@ -271,7 +271,7 @@ tf_status vit_acts_create(const vit_config *cfg, int max_batch, vit_acts **out)
                 {&s->dlnf, B * d},
                 {&s->dlog, B * C},
                 {&s->dgelu, L * B * T * f},
-                {&s->work, vit_attention_work((int)T, (int)d)}};
+                {&s->work, vit_attention_work((int)T, (int)d, (int)h)}};
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
         *plan[i].buf = tf_malloc((size_t)plan[i].count * sizeof(float));
         if (!*plan[i].buf) {
@@ -304,7 +304,8 @@ static void extract_patches(float *patches, const float *images, const vit_confi
             for (int ch = 0; ch < c->channels; ch++) {
                 for (int i = 0; i < p; i++) {
                     const float *src = img + ((int64_t)ch * S + py * p + i) * S + px * p;
-                    memcpy(dst + (ch * p + i) * p, src, (size_t)p * sizeof(float));
+                    float *row = dst + (ch * p + i) * p;
+                    for (int j = 0; j < p; j++) row[j] = src[j]; /* p is small: no memcpy */
                 }
             }
         }

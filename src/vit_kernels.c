@@ -26,12 +26,6 @@ static float sum_lanes(const float *acc)
     return total;
 }
 
-/* y (n) += a x (n). */
-static inline void axpy(float *restrict y, float a, const float *restrict x, int n)
-{
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 /* exp(x) for x in [-87, 88] (clamped outside) with a relative error near float rounding:
  * x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 Taylor polynomial (truncation
  * error below 1e-8), and 2^n built in the exponent bits. Branch-free and without library
@@ -194,116 +188,211 @@ void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n)
     for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * dydx[i];
 }
 
-/* row (n) <- softmax(row). */
-static void softmax_row(float *restrict row, int n)
-{
-    float max = row[0];
-    for (int s = 1; s < n; s++) max = row[s] > max ? row[s] : max;
-    for (int s = 0; s < n; s++) row[s] = vit_expf(row[s] - max);
-    float sum = 0.0f;
-    for (int s = 0; s < n; s++) sum += row[s];
-    float inv = 1.0f / sum;
-    for (int s = 0; s < n; s++) row[s] *= inv;
-}
+/* Attention runs on groups of LANES (batch, head) pairs at once. Each group is copied into
+ * lane-minor arrays, (T, dh, LANES) for Q, K, V and (T, T, LANES) for the probabilities,
+ * so every inner loop runs over the LANES pairs with no remainder and no reduction, whatever
+ * T and d/h are. Pair p is image p / h, head p % h; lanes past the last pair hold zeros. */
 
-/* One (batch, head) pair. q, k, v (T, dh) with row stride sq = 3*d; att (T, T); y (T, dh)
- * with row stride sy = d; kt (dh, T) workspace. att = softmax(q k^T / sqrt(dh)) over the
- * last axis, y = att v. K is transposed and scaled first so that the inner loops run over
- * contiguous tokens or channels. */
-static void attention_head_forward(float *restrict y, float *restrict att, const float *restrict q,
-                                   const float *restrict k, const float *restrict v, int tokens,
-                                   int dh, int sq, int sy, float *restrict kt)
+/* dst (T, dh, LANES) <- columns col + hd*dh .. + dh - 1 of src (B, T, stride), for pairs
+ * p0 .. p0 + LANES - 1 of npairs. */
+static void pack_lanes(float *restrict dst, const float *restrict src, int p0, int npairs,
+                       int heads, int tokens, int dh, int stride, int col)
 {
-    float scale = 1.0f / sqrtf((float)dh);
-    for (int s = 0; s < tokens; s++)
-        for (int i = 0; i < dh; i++) kt[i * tokens + s] = k[s * sq + i] * scale;
-    for (int t = 0; t < tokens; t++) {
-        float *row = att + t * tokens;
-        const float *qt = q + t * sq;
-        for (int s = 0; s < tokens; s++) row[s] = 0.0f;
-        for (int i = 0; i < dh; i++) axpy(row, qt[i], kt + i * tokens, tokens);
-        softmax_row(row, tokens);
-        float *yt = y + t * sy;
-        for (int i = 0; i < dh; i++) yt[i] = 0.0f;
-        for (int s = 0; s < tokens; s++) axpy(yt, row[s], v + s * sq, dh);
+    for (int l = 0; l < LANES; l++) {
+        int p = p0 + l;
+        if (p >= npairs) {
+            for (int e = 0; e < tokens * dh; e++) dst[e * LANES + l] = 0.0f;
+            continue;
+        }
+        const float *s = src + (int64_t)(p / heads) * tokens * stride + col + (p % heads) * dh;
+        for (int t = 0; t < tokens; t++)
+            for (int i = 0; i < dh; i++) dst[(t * dh + i) * LANES + l] = s[t * stride + i];
     }
 }
 
-/* qkv (B, T, 3*d), att (B, h, T, T), y (B, T, d), work (d/h, T). */
+/* Inverse of pack_lanes for the pairs that exist: dst (B, T, stride) <- src (T, dh, LANES). */
+static void unpack_lanes(float *restrict dst, const float *restrict src, int p0, int npairs,
+                         int heads, int tokens, int dh, int stride, int col)
+{
+    for (int l = 0; l < LANES && p0 + l < npairs; l++) {
+        int p = p0 + l;
+        float *d = dst + (int64_t)(p / heads) * tokens * stride + col + (p % heads) * dh;
+        for (int t = 0; t < tokens; t++)
+            for (int i = 0; i < dh; i++) d[t * stride + i] = src[(t * dh + i) * LANES + l];
+    }
+}
+
+/* lanes (T, T, LANES) <- att (pairs, T, T) for pairs p0 .. p0 + LANES - 1 of npairs. */
+static void pack_att(float *restrict lanes, const float *restrict att, int p0, int npairs,
+                     int tokens)
+{
+    int64_t tt = (int64_t)tokens * tokens;
+    for (int l = 0; l < LANES; l++) {
+        const float *a = att + (p0 + l) * tt;
+        for (int64_t e = 0; e < tt; e++) lanes[e * LANES + l] = p0 + l < npairs ? a[e] : 0.0f;
+    }
+}
+
+/* Inverse of pack_att for the pairs that exist. */
+static void unpack_att(float *restrict att, const float *restrict lanes, int p0, int npairs,
+                       int tokens)
+{
+    int64_t tt = (int64_t)tokens * tokens;
+    for (int l = 0; l < LANES && p0 + l < npairs; l++) {
+        float *a = att + (p0 + l) * tt;
+        for (int64_t e = 0; e < tt; e++) a[e] = lanes[e * LANES + l];
+    }
+}
+
+/* row (T, LANES) <- softmax over T of each lane. */
+static void softmax_lanes(float *restrict row, int tokens)
+{
+    float max[LANES], sum[LANES] = {0};
+    for (int l = 0; l < LANES; l++) max[l] = row[l];
+    for (int s = 1; s < tokens; s++)
+        for (int l = 0; l < LANES; l++)
+            max[l] = row[s * LANES + l] > max[l] ? row[s * LANES + l] : max[l];
+    for (int s = 0; s < tokens; s++) {
+        for (int l = 0; l < LANES; l++) {
+            float e = vit_expf(row[s * LANES + l] - max[l]);
+            row[s * LANES + l] = e;
+            sum[l] += e;
+        }
+    }
+    for (int l = 0; l < LANES; l++) sum[l] = 1.0f / sum[l];
+    for (int s = 0; s < tokens; s++)
+        for (int l = 0; l < LANES; l++) row[s * LANES + l] *= sum[l];
+}
+
+/* One group: q, k, v, y (T, dh, LANES); prob (T, T, LANES).
+ * prob = softmax(q k^T * scale) over the last token axis, y = prob v. */
+static void group_forward(float *restrict y, float *restrict prob, const float *restrict q,
+                          const float *restrict k, const float *restrict v, int tokens, int dh,
+                          float scale)
+{
+    for (int t = 0; t < tokens; t++) {
+        float *row = prob + (int64_t)t * tokens * LANES;
+        for (int s = 0; s < tokens; s++) {
+            float acc[LANES] = {0};
+            for (int i = 0; i < dh; i++) {
+                const float *qi = q + (t * dh + i) * LANES, *ki = k + (s * dh + i) * LANES;
+                for (int l = 0; l < LANES; l++) acc[l] += qi[l] * ki[l];
+            }
+            for (int l = 0; l < LANES; l++) row[s * LANES + l] = acc[l] * scale;
+        }
+        softmax_lanes(row, tokens);
+        for (int i = 0; i < dh; i++) {
+            float acc[LANES] = {0};
+            for (int s = 0; s < tokens; s++) {
+                const float *vi = v + (s * dh + i) * LANES;
+                for (int l = 0; l < LANES; l++) acc[l] += row[s * LANES + l] * vi[l];
+            }
+            for (int l = 0; l < LANES; l++) y[(t * dh + i) * LANES + l] = acc[l];
+        }
+    }
+}
+
+int64_t vit_attention_work(int tokens, int d, int heads)
+{
+    int64_t dh = d / heads, T = tokens;
+    return LANES * (7 * T * dh + T * T + T);
+}
+
+/* qkv (B, T, 3*d), att (B, h, T, T), y (B, T, d), work vit_attention_work(T, d, h). */
 void vit_attention_forward(float *y, float *att, const float *qkv, int batch, int tokens, int d,
                            int heads, float *work)
 {
-    int dh = d / heads;
-    for (int b = 0; b < batch; b++) {
-        const float *base = qkv + (int64_t)b * tokens * 3 * d;
-        for (int hd = 0; hd < heads; hd++) {
-            const float *q = base + hd * dh, *k = base + d + hd * dh, *v = base + 2 * d + hd * dh;
-            float *a = att + ((int64_t)b * heads + hd) * tokens * tokens;
-            attention_head_forward(y + (int64_t)b * tokens * d + hd * dh, a, q, k, v, tokens, dh,
-                                   3 * d, d, work);
-        }
-    }
-}
-
-/* Pointers of one (batch, head) pair for the attention backward. */
-typedef struct {
-    float *dq, *dk, *dv;    /* (T, dh), row stride sq, accumulated into */
-    const float *q, *k, *v; /* (T, dh), row stride sq */
-    const float *dy;        /* (T, dh), row stride sy */
-    const float *att;       /* (T, T) */
-    int tokens, dh, sq, sy;
-} attention_head;
-
-/* With dA = dy v^T and dS = att * (dA - rowsum(att * dA)) / sqrt(dh): dv = att^T dy,
- * dq = dS k, dk = dS^T q. work (T + dh*T): one row of dS, then v transposed. */
-static void attention_head_backward(const attention_head *h, float *restrict work)
-{
-    int T = h->tokens, dh = h->dh, sq = h->sq, sy = h->sy;
-    float *restrict ds = work, *restrict vt = work + T;
-    float *restrict dq = h->dq, *restrict dk = h->dk, *restrict dv = h->dv;
-    const float *restrict q = h->q, *restrict k = h->k, *restrict dy = h->dy;
+    int dh = d / heads, npairs = batch * heads;
+    int64_t block = (int64_t)tokens * dh * LANES;
+    float *q = work, *k = q + block, *v = k + block, *out = v + block, *prob = out + block;
     float scale = 1.0f / sqrtf((float)dh);
-    for (int s = 0; s < T; s++)
-        for (int i = 0; i < dh; i++) vt[i * T + s] = h->v[s * sq + i];
-    for (int t = 0; t < T; t++) {
-        const float *at = h->att + t * T, *dyt = dy + t * sy;
-        for (int s = 0; s < T; s++) ds[s] = 0.0f;
-        for (int i = 0; i < dh; i++) axpy(ds, dyt[i], vt + i * T, T);
-        float dot = 0.0f;
-        for (int s = 0; s < T; s++) dot += at[s] * ds[s];
-        for (int s = 0; s < T; s++) ds[s] = at[s] * (ds[s] - dot) * scale;
-        for (int s = 0; s < T; s++) {
-            axpy(dv + s * sq, at[s], dyt, dh);
-            axpy(dq + t * sq, ds[s], k + s * sq, dh);
-            axpy(dk + s * sq, ds[s], q + t * sq, dh);
+    for (int p0 = 0; p0 < npairs; p0 += LANES) {
+        pack_lanes(q, qkv, p0, npairs, heads, tokens, dh, 3 * d, 0);
+        pack_lanes(k, qkv, p0, npairs, heads, tokens, dh, 3 * d, d);
+        pack_lanes(v, qkv, p0, npairs, heads, tokens, dh, 3 * d, 2 * d);
+        group_forward(out, prob, q, k, v, tokens, dh, scale);
+        unpack_lanes(y, out, p0, npairs, heads, tokens, dh, d, 0);
+        unpack_att(att, prob, p0, npairs, tokens);
+    }
+}
+
+/* Lane-minor arrays of one group for the attention backward: (T, dh, LANES) except prob
+ * (T, T, LANES) and ds (T, LANES). */
+typedef struct {
+    float *q, *k, *v, *dy, *dq, *dk, *dv, *prob, *ds;
+} attention_group;
+
+/* One (t, s, i) step of the attention backward over all lanes: dv[s,i] += prob[t,s] dy[t,i],
+ * dq[t,i] += ds[t,s] k[s,i], dk[s,i] += ds[t,s] q[t,i]. Each argument points at LANES
+ * floats. */
+static inline void backward_lanes(float *restrict dv, float *restrict dq, float *restrict dk,
+                                  const float *restrict prob, const float *restrict dy,
+                                  const float *restrict ds, const float *restrict k,
+                                  const float *restrict q)
+{
+    for (int l = 0; l < LANES; l++) {
+        dv[l] += prob[l] * dy[l];
+        dq[l] += ds[l] * k[l];
+        dk[l] += ds[l] * q[l];
+    }
+}
+
+/* Backward of group_forward. With dA = dy v^T and dS = prob * (dA - rowsum(prob * dA)) *
+ * scale: dv = prob^T dy, dq = dS k, dk = dS^T q. dq, dk, dv are overwritten. */
+static void group_backward(const attention_group *g, int tokens, int dh, float scale)
+{
+    int64_t block = (int64_t)tokens * dh * LANES;
+    memset(g->dq, 0, (size_t)block * sizeof(float));
+    memset(g->dk, 0, (size_t)block * sizeof(float));
+    memset(g->dv, 0, (size_t)block * sizeof(float));
+    for (int t = 0; t < tokens; t++) {
+        const float *pt = g->prob + (int64_t)t * tokens * LANES, *dyt = g->dy + t * dh * LANES;
+        float *ds = g->ds, dot[LANES] = {0};
+        for (int s = 0; s < tokens; s++) {
+            float acc[LANES] = {0};
+            for (int i = 0; i < dh; i++) {
+                const float *dyi = dyt + i * LANES, *vi = g->v + (s * dh + i) * LANES;
+                for (int l = 0; l < LANES; l++) acc[l] += dyi[l] * vi[l];
+            }
+            for (int l = 0; l < LANES; l++) {
+                ds[s * LANES + l] = acc[l];
+                dot[l] += pt[s * LANES + l] * acc[l];
+            }
+        }
+        for (int s = 0; s < tokens; s++)
+            for (int l = 0; l < LANES; l++)
+                ds[s * LANES + l] = pt[s * LANES + l] * (ds[s * LANES + l] - dot[l]) * scale;
+        for (int s = 0; s < tokens; s++) {
+            for (int i = 0; i < dh; i++) {
+                int64_t ti = (t * dh + i) * LANES, si = (s * dh + i) * LANES;
+                backward_lanes(g->dv + si, g->dq + ti, g->dk + si, pt + s * LANES, dyt + i * LANES,
+                               ds + s * LANES, g->k + si, g->q + ti);
+            }
         }
     }
 }
 
-/* dy (B, T, d), att (B, h, T, T), qkv and dqkv (B, T, 3*d), work (T + d/h*T). */
+/* dy (B, T, d), att (B, h, T, T), qkv and dqkv (B, T, 3*d), work vit_attention_work(T, d, h). */
 void vit_attention_backward(float *dqkv, const float *dy, const float *att, const float *qkv,
                             int batch, int tokens, int d, int heads, float *work)
 {
-    int dh = d / heads;
-    memset(dqkv, 0, (size_t)batch * tokens * 3 * d * sizeof(float));
-    for (int b = 0; b < batch; b++) {
-        int64_t off = (int64_t)b * tokens * 3 * d;
-        for (int hd = 0; hd < heads; hd++) {
-            int c = hd * dh;
-            attention_head h = {.dq = dqkv + off + c,
-                                .dk = dqkv + off + d + c,
-                                .dv = dqkv + off + 2 * d + c,
-                                .q = qkv + off + c,
-                                .k = qkv + off + d + c,
-                                .v = qkv + off + 2 * d + c,
-                                .dy = dy + (int64_t)b * tokens * d + c,
-                                .att = att + ((int64_t)b * heads + hd) * tokens * tokens,
-                                .tokens = tokens,
-                                .dh = dh,
-                                .sq = 3 * d,
-                                .sy = d};
-            attention_head_backward(&h, work);
-        }
+    int dh = d / heads, npairs = batch * heads;
+    int64_t block = (int64_t)tokens * dh * LANES;
+    attention_group g = {.q = work};
+    g.k = g.q + block, g.v = g.k + block, g.dy = g.v + block, g.dq = g.dy + block;
+    g.dk = g.dq + block, g.dv = g.dk + block, g.prob = g.dv + block;
+    g.ds = g.prob + (int64_t)tokens * tokens * LANES;
+    float scale = 1.0f / sqrtf((float)dh);
+    for (int p0 = 0; p0 < npairs; p0 += LANES) {
+        pack_lanes(g.q, qkv, p0, npairs, heads, tokens, dh, 3 * d, 0);
+        pack_lanes(g.k, qkv, p0, npairs, heads, tokens, dh, 3 * d, d);
+        pack_lanes(g.v, qkv, p0, npairs, heads, tokens, dh, 3 * d, 2 * d);
+        pack_lanes(g.dy, dy, p0, npairs, heads, tokens, dh, d, 0);
+        pack_att(g.prob, att, p0, npairs, tokens);
+        group_backward(&g, tokens, dh, scale);
+        unpack_lanes(dqkv, g.dq, p0, npairs, heads, tokens, dh, 3 * d, 0);
+        unpack_lanes(dqkv, g.dk, p0, npairs, heads, tokens, dh, 3 * d, d);
+        unpack_lanes(dqkv, g.dv, p0, npairs, heads, tokens, dh, 3 * d, 2 * d);
     }
 }
 

@@ -38,20 +38,17 @@ void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n)
 /* Multi-head self-attention core. qkv (B, T, 3*d) with Q, K, V blocks of width d and head k
  * owning columns k*d/h..(k+1)*d/h-1 of each block; att (B, h, T, T) receives the softmax
  * probabilities; y (B, T, d) receives the heads concatenated. work needs
- * vit_attention_work(T, d) floats. */
+ * vit_attention_work(T, d, h) floats. */
 void vit_attention_forward(float *y, float *att, const float *qkv, int batch, int tokens, int d,
                            int heads, float *work);
 
 /* Backward of vit_attention_forward. dy (B, T, d), att (B, h, T, T), qkv (B, T, 3*d);
- * dqkv (B, T, 3*d) is overwritten. work needs vit_attention_work(T, d) floats. */
+ * dqkv (B, T, 3*d) is overwritten. work needs vit_attention_work(T, d, h) floats. */
 void vit_attention_backward(float *dqkv, const float *dy, const float *att, const float *qkv,
                             int batch, int tokens, int d, int heads, float *work);
 
-/* Workspace of the attention kernels in floats, enough for any head count. */
-static inline int64_t vit_attention_work(int tokens, int d)
-{
-    return (int64_t)tokens * (d + 1);
-}
+/* Workspace of the attention kernels in floats. */
+int64_t vit_attention_work(int tokens, int d, int heads);
 
 /* Row softmax and mean cross-entropy. logits, probs (B, C); labels (B) or NULL. Returns the
  * mean cross-entropy, or 0 when labels is NULL. */
