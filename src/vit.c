@@ -199,6 +199,11 @@ void vit_model_init(vit_model *model, uint64_t seed)
 
 void vit_model_copy(vit_model *dst, const vit_model *src)
 {
+    if (dst->num_params != src->num_params) {
+        TF_ERROR("models of %lld and %lld parameters differ in configuration; nothing copied",
+                 (long long)src->num_params, (long long)dst->num_params);
+        return;
+    }
     memcpy(dst->params, src->params, (size_t)src->num_params * sizeof(float));
 }
 
@@ -385,8 +390,6 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
                             batch, acts->max_batch);
     if (labels && check_labels(labels, batch, c->classes, "vit_forward") != TF_OK)
         return TF_ERR_ARG;
-    if (labels && !loss)
-        return tf_error_set(TF_ERR_ARG, "vit_forward: labels given but loss is NULL");
     vit_scratch *s = acts->scratch;
     int T = vit_tokens(c), N = T - 1, d = c->d, L = c->layers;
     int64_t rows = (int64_t)batch * T;
@@ -410,7 +413,7 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
                        batch, d, c->classes);
     double mean_loss =
         vit_softmax_xent_forward(acts->probs, acts->logits, labels, batch, c->classes);
-    if (labels) *loss = (float)mean_loss;
+    if (labels && loss) *loss = (float)mean_loss;
     return TF_OK;
 }
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "testutil.h"
 #include "tfuse/vit.h"
@@ -170,6 +171,56 @@ static void check_guards(void)
     TU_CHECK(m == NULL, "model_free did not null the pointer");
 }
 
+/* Model copy, forward without labels or without a loss pointer, and logits that do not
+ * depend on the other images of the batch or on the activations' max_batch. */
+static void check_api(void)
+{
+    vit_config cfg = tiny_config(1e-5);
+    vit_model *m = NULL, *copy = NULL;
+    vit_acts *big = NULL, *small = NULL;
+    if (vit_model_create(&cfg, &m) != TF_OK || vit_model_create(&cfg, &copy) != TF_OK ||
+        vit_acts_create(&cfg, 5, &big) != TF_OK || vit_acts_create(&cfg, 2, &small) != TF_OK)
+        TF_DIE("setup failed: %s", tf_error_get());
+    randomize(m, 21);
+    vit_model_copy(copy, m);
+    TU_CHECK(memcmp(copy->params, m->params, (size_t)m->num_params * sizeof(float)) == 0,
+             "vit_model_copy: parameters differ");
+
+    tf_rng rng;
+    tf_rng_seed(&rng, 22);
+    float images[5 * 2 * 64];
+    for (int i = 0; i < 5 * 2 * 64; i++) images[i] = (float)tf_rng_normal(&rng);
+    int labels[5] = {0, 1, 2, 1, 0};
+    float loss = -1.0f;
+    TU_CHECK(vit_forward(copy, big, images, NULL, 5, &loss) == TF_OK, "forward: %s",
+             tf_error_get());
+    TU_CHECK(loss == -1.0f, "forward without labels wrote loss %g", loss);
+    TU_CHECK(vit_forward(copy, big, images, labels, 5, NULL) == TF_OK,
+             "forward with labels and no loss pointer: %s", tf_error_get());
+    float logits5[15];
+    memcpy(logits5, big->logits, sizeof logits5);
+    int correct5 = vit_count_correct(copy, big, labels);
+    TU_CHECK(vit_forward(m, small, images, labels, 2, &loss) == TF_OK, "forward: %s",
+             tf_error_get());
+    tu_close_f32("logits of images 0-1 in batches of 2 and 5", small->logits, logits5, 6, 1e-5,
+                 1e-6);
+    int correct2 = vit_count_correct(m, small, labels);
+    int expect2 = 0;
+    for (int b = 0; b < 2; b++) {
+        int best = 0;
+        for (int k = 1; k < 3; k++)
+            if (logits5[b * 3 + k] > logits5[b * 3 + best]) best = k;
+        expect2 += best == labels[b];
+    }
+    TU_CHECK(correct2 == expect2, "count_correct %d on 2 images, expected %d", correct2, expect2);
+    TU_CHECK(correct5 >= correct2 && correct5 <= correct2 + 3, "count_correct %d on 5 images",
+             correct5);
+    vit_acts_free(&big);
+    vit_acts_free(&small);
+    vit_model_free(&m);
+    vit_model_free(&copy);
+}
+
 /* The GELU kernel's erf approximation against libm's erf in double, and its derivative
  * against Phi(x) + x phi(x), on a grid over [-12, 12] that includes 0. */
 static void check_gelu(void)
@@ -200,6 +251,7 @@ int main(int argc, char **argv)
     MPI_Init(&argc, &argv);
     check_guards();
     check_gelu();
+    check_api();
     check_gradients(1e-12);
     check_gradients(1e-6);
     check_gradients(1e-5);
