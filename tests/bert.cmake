@@ -11,3 +11,5 @@ tfuse_add_mpi_test(NAME text_corpus TARGET test_text_corpus RANKS 1 TIMEOUT 60)
 tfuse_add_mpi_test(NAME text_bible_corpus TARGET test_text_corpus RANKS 1 TIMEOUT 60
   ARGS ${CMAKE_SOURCE_DIR}/tools/bible_corpus.sh)
 set_tests_properties(text_bible_corpus_np1 PROPERTIES SKIP_RETURN_CODE 77)
+tfuse_add_test_exe(test_bert_mlm ${CMAKE_CURRENT_SOURCE_DIR}/test_bert_mlm.c)
+tfuse_add_mpi_test(NAME bert_mlm TARGET test_bert_mlm RANKS 1 TIMEOUT 60)

@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 #include "tfuse/common.h"
+#include "tfuse/text.h"
 
 /* Label value of a position that does not enter the loss. */
 #define BERT_IGNORE (-1)
@@ -173,5 +174,45 @@ tf_status bert_adamw_create(const bert_model *model, double beta1, double beta2,
 void bert_adamw_free(bert_adamw **opt);
 /* One update with learning rate lr using grads (num_params). */
 void bert_adamw_step(bert_adamw *opt, bert_model *model, const float *grads, double lr);
+
+/* ---------------------------------------------------------------------------------------
+ * Masked-language-model batches and evaluation (src/bert_mlm.c) */
+
+/* Masks count token ids for MLM training as in BERT: each token that is not special
+ * (id >= TOK_NUM_SPECIAL) is selected with probability select_prob (0.15 in BERT); a selected
+ * token becomes [MASK] with probability 0.8, a uniform random non-special token with 0.1, and
+ * stays unchanged with 0.1. Writes masked_ids (count) and labels (count): the original id at
+ * selected positions, BERT_IGNORE elsewhere. Special tokens are never selected and draw no
+ * random numbers. If selected is not NULL it receives the number of selected tokens.
+ * Returns TF_ERR_ARG for select_prob outside [0, 1] or vocab <= TOK_NUM_SPECIAL. */
+tf_status bert_mlm_mask(const int *ids, int64_t count, int vocab, double select_prob, tf_rng *rng,
+                        int *masked_ids, int *labels, int64_t *selected);
+
+/* Fills one training batch from B sequences of seqs, seqs row order[first + b] for b < B
+ * (order NULL means rows first..first+B-1): masked ids (B, T), lengths (B) and labels (B, T)
+ * as bert_mlm_mask writes them. */
+tf_status bert_mlm_batch(const text_seqs *seqs, const int64_t *order, int64_t first, int B,
+                         int vocab, double select_prob, tf_rng *rng, int *ids, int *lengths,
+                         int *labels);
+
+/* Masked-token metrics over a set of sequences. */
+typedef struct {
+    double loss;       /* mean cross-entropy over masked tokens, nats */
+    double perplexity; /* exp(loss) */
+    double accuracy;   /* fraction of masked tokens whose argmax prediction is the label */
+    int64_t tokens;    /* masked tokens evaluated */
+} bert_eval_result;
+
+/* Evaluates the model on all sequences of seqs in batches of acts->max_batch, masking them
+ * with bert_mlm_mask and a generator seeded with seed, so equal seeds give equal masks for
+ * every model and batch size. Not collective. */
+tf_status bert_evaluate(const bert_model *model, bert_acts *acts, const text_seqs *seqs,
+                        double select_prob, uint64_t seed, bert_eval_result *out);
+
+/* Baseline for bert_evaluate: the mean cross-entropy of a unigram model, the frequencies of
+ * the non-special tokens of train with add-one smoothing, on the masked tokens that
+ * bert_evaluate(..., heldout, select_prob, seed, ...) scores. */
+tf_status bert_unigram_loss(const text_seqs *train, const text_seqs *heldout, int vocab,
+                            double select_prob, uint64_t seed, double *loss);
 
 #endif
