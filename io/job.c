@@ -283,7 +283,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     static const char *const keys[] = {
         "name",       "method",        "cost",      "solver",    "epsilon", "solver_attention",
         "solver_mlp", "solver_stream", "residual",  "attention", "tokens",  "window",
-        "zscore",     "distance",      "normalize", NULL};
+        "zscore",     "distance",      "normalize", "repair",   NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
     static const char *const costs[] = {"activation", "weight", NULL};
@@ -293,6 +293,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     static const char *const tokens[] = {"all", "cls", "window", NULL};
     static const char *const distances[] = {"euclidean", "sqeuclidean", "cosine", NULL};
     static const char *const norms[] = {"max", "mean", "median", "none", NULL};
+    static const char *const repairs[] = {"none", "mlp", "all", "stream", NULL};
     fuse_options *o = &m->ot;
     *o = fuse_options_default();
     int kind = 0, v = 0;
@@ -330,6 +331,8 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     o->distance = (enum fuse_distance)v;
     TRY(get_choice(ctx, obj, path, "normalize", norms, (int)o->norm, &v));
     o->norm = (enum fuse_norm)v;
+    TRY(get_choice(ctx, obj, path, "repair", repairs, (int)o->repair, &v));
+    o->repair = (enum fuse_repair)v;
     if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
         o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
     if (o->cost == FUSE_COST_WEIGHT &&

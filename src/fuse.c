@@ -22,6 +22,7 @@ fuse_options fuse_options_default(void)
     o.zscore = 1;
     o.distance = FUSE_DIST_EUCLIDEAN;
     o.norm = FUSE_NORM_MAX;
+    o.repair = FUSE_REPAIR_NONE;
     return o;
 }
 

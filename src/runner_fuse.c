@@ -115,6 +115,9 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
             st = fuse_align_parent(parents[p], maps[p], aligned[p]);
     }
     if (st == TF_OK) st = fuse_average(aligned, f->weights, n, fused);
+    if (st == TF_OK)
+        st = fuse_repair(comm, fused, aligned, f->weights, n, calib, f->calib_samples,
+                         method->ot.repair);
     *aligned_out = aligned;
     *maps_out = maps;
     return st;

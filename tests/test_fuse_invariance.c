@@ -199,6 +199,9 @@ static vit_model *fuse_models(vit_model **parents, int n, const fuse_options *op
     vit_model *fused = NULL;
     vit_model_create(&parents[0]->cfg, &fused);
     TU_CHECK(fuse_average(aligned, weights, n, fused) == TF_OK, "fuse_average failed");
+    TU_CHECK(fuse_repair(MPI_COMM_WORLD, fused, aligned, weights, n, calib, n_calib,
+                         opt->repair) == TF_OK,
+             "fuse_repair failed: %s", tf_error_get());
     for (int p = 0; p < n; p++) {
         vit_model_free(&aligned[p]);
         fuse_maps_free(&maps[p]);
@@ -224,6 +227,7 @@ static void test_permuted_copy(const float *calib, int n_calib)
             fuse_options opt = fuse_options_default();
             opt.residual = (enum fuse_residual)r;
             opt.attention = attn ? FUSE_ATTN_HEAD_AWARE : FUSE_ATTN_SHARED_QK;
+            opt.repair = attn ? FUSE_REPAIR_STREAM : FUSE_REPAIR_NONE;
             vit_model *parents[2] = {a, b};
             vit_model *fused = fuse_models(parents, 2, &opt, calib, n_calib);
             if (!fused) continue;
@@ -295,6 +299,7 @@ static void test_identical_parents(const float *calib, int n_calib)
     for (int r = FUSE_RESIDUAL_JOINT; r <= FUSE_RESIDUAL_IDENTITY; r++) {
         fuse_options opt = fuse_options_default();
         opt.residual = (enum fuse_residual)r;
+        opt.repair = (enum fuse_repair)(r % 4); /* repair of equal parents changes nothing */
         vit_model *fused = fuse_models(copies, 4, &opt, calib, n_calib);
         if (!fused) continue;
         char what[96];

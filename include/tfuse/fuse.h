@@ -48,6 +48,14 @@ enum fuse_attention {
     FUSE_ATTN_HEAD_AWARE  /* a permutation of heads, then maps within each head */
 };
 
+/* Statistics repair after averaging (see fuse_repair). */
+enum fuse_repair {
+    FUSE_REPAIR_NONE,
+    FUSE_REPAIR_MLP, /* MLP hidden neurons */
+    FUSE_REPAIR_ALL, /* Q, K, V and MLP hidden neurons */
+    FUSE_REPAIR_STREAM /* also the attention and MLP branch outputs into the stream */
+};
+
 typedef struct {
     enum fuse_cost cost;
     enum fuse_solver solver;       /* default solver */
@@ -62,6 +70,7 @@ typedef struct {
     int zscore;                    /* 1: z-score each neuron's activations over the samples */
     enum fuse_distance distance;
     enum fuse_norm norm;
+    enum fuse_repair repair;       /* applied to the fused model after averaging */
 } fuse_options;
 
 /* Defaults: exact OT, joint residual map, shared Q/K, all tokens, z-scored Euclidean
@@ -107,5 +116,13 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps,
 /* out = sum_p weights[p] * models[p], all with the same configuration. */
 tf_status fuse_average(vit_model *const *models, const double *weights, int n,
                        vit_model *out);
+
+/* Collective on comm. Rescales the incoming weights and biases of the fused model's Q, K,
+ * V (FUSE_REPAIR_ALL) and MLP hidden neurons, layer by layer, so that each neuron's mean
+ * and standard deviation over the calibration images equal the weighted average of those
+ * of the aligned parents (which must have the fused model's configuration). */
+tf_status fuse_repair(MPI_Comm comm, vit_model *fused, vit_model *const *aligned,
+                      const double *weights, int n, const float *images, int64_t n_images,
+                      enum fuse_repair what);
 
 #endif
