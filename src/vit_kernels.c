@@ -12,12 +12,6 @@
 #define VIT_INV_SQRT_2PI 0.39894228040143268f
 #define LANES 16
 
-/* y (n) += x (n). */
-static void add_row(float *restrict y, const float *restrict x, int n)
-{
-    for (int i = 0; i < n; i++) y[i] += x[i];
-}
-
 /* Sum of LANES partial sums, added in index order. */
 static float sum_lanes(const float *acc)
 {
@@ -55,16 +49,20 @@ static inline float vit_expf(float x)
     return p * scale.value;
 }
 
-/* y (rows, out) = x (rows, in) W^T (in, out) + b (out) + residual (rows, out). One GEMM over
- * all rows, accumulating onto the bias and residual copied into y. */
+/* y (rows, out) = x (rows, in) W^T (in, out) + b (out) + residual (rows, out). One pass
+ * writes bias plus residual into y, then one GEMM over all rows accumulates onto it. */
 void vit_linear_forward(float *y, const float *x, const float *w, const float *b,
                         const float *residual, int64_t rows, int in, int out)
 {
-    if (residual && residual != y) memcpy(y, residual, (size_t)rows * out * sizeof(float));
-    if (b && residual) {
-        for (int64_t r = 0; r < rows; r++) add_row(y + r * out, b, out);
-    } else if (b) {
-        for (int64_t r = 0; r < rows; r++) memcpy(y + r * out, b, (size_t)out * sizeof(float));
+    for (int64_t r = 0; r < rows && (b || residual); r++) {
+        float *restrict yr = y + r * out;
+        const float *res = residual ? residual + r * out : NULL;
+        if (res && b)
+            for (int j = 0; j < out; j++) yr[j] = res[j] + b[j];
+        else if (res && res != yr)
+            for (int j = 0; j < out; j++) yr[j] = res[j];
+        else if (b)
+            for (int j = 0; j < out; j++) yr[j] = b[j];
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, out, in, 1.0f, x, in, w, in,
                 b || residual ? 1.0f : 0.0f, y, out);
@@ -295,7 +293,7 @@ static void group_forward(float *restrict y, float *restrict prob, const float *
 int64_t vit_attention_work(int tokens, int d, int heads)
 {
     int64_t dh = d / heads, T = tokens;
-    return LANES * (7 * T * dh + T * T + T);
+    return LANES * (7 * T * dh + 2 * T * T);
 }
 
 /* qkv (B, T, 3*d), att (B, h, T, T), y (B, T, d), work vit_attention_work(T, d, h). */
@@ -317,59 +315,62 @@ void vit_attention_forward(float *y, float *att, const float *qkv, int batch, in
 }
 
 /* Lane-minor arrays of one group for the attention backward: (T, dh, LANES) except prob
- * (T, T, LANES) and ds (T, LANES). */
+ * and ds (T, T, LANES). */
 typedef struct {
     float *q, *k, *v, *dy, *dq, *dk, *dv, *prob, *ds;
 } attention_group;
 
-/* One (t, s, i) step of the attention backward over all lanes: dv[s,i] += prob[t,s] dy[t,i],
- * dq[t,i] += ds[t,s] k[s,i], dk[s,i] += ds[t,s] q[t,i]. Each argument points at LANES
- * floats. */
-static inline void backward_lanes(float *restrict dv, float *restrict dq, float *restrict dk,
-                                  const float *restrict prob, const float *restrict dy,
-                                  const float *restrict ds, const float *restrict k,
-                                  const float *restrict q)
+/* out (n, dh, LANES) <- sum over m of w[m, n] * x[m, i] per lane (w transposed) or of
+ * w[n, m] * x[m, i] (not transposed); w (n, n, LANES), x (n, dh, LANES). Accumulating in
+ * registers over m keeps the inner loop free of stores. */
+static void lanes_matmul(float *restrict out, const float *restrict w, const float *restrict x,
+                         int n, int dh, int transpose_w)
 {
-    for (int l = 0; l < LANES; l++) {
-        dv[l] += prob[l] * dy[l];
-        dq[l] += ds[l] * k[l];
-        dk[l] += ds[l] * q[l];
+    for (int r = 0; r < n; r++) {
+        for (int i = 0; i < dh; i++) {
+            float acc[LANES] = {0};
+            for (int m = 0; m < n; m++) {
+                const float *wm = w + (int64_t)(transpose_w ? m * n + r : r * n + m) * LANES;
+                const float *xm = x + (int64_t)(m * dh + i) * LANES;
+                for (int l = 0; l < LANES; l++) acc[l] += wm[l] * xm[l];
+            }
+            for (int l = 0; l < LANES; l++) out[(int64_t)(r * dh + i) * LANES + l] = acc[l];
+        }
     }
 }
 
-/* Backward of group_forward. With dA = dy v^T and dS = prob * (dA - rowsum(prob * dA)) *
- * scale: dv = prob^T dy, dq = dS k, dk = dS^T q. dq, dk, dv are overwritten. */
-static void group_backward(const attention_group *g, int tokens, int dh, float scale)
+/* ds (T, T, LANES) <- prob * (dA - rowsum(prob * dA)) * scale with dA = dy v^T. */
+static void softmax_backward_lanes(float *restrict ds, const float *restrict prob,
+                                   const float *restrict dy, const float *restrict v, int tokens,
+                                   int dh, float scale)
 {
-    int64_t block = (int64_t)tokens * dh * LANES;
-    memset(g->dq, 0, (size_t)block * sizeof(float));
-    memset(g->dk, 0, (size_t)block * sizeof(float));
-    memset(g->dv, 0, (size_t)block * sizeof(float));
     for (int t = 0; t < tokens; t++) {
-        const float *pt = g->prob + (int64_t)t * tokens * LANES, *dyt = g->dy + t * dh * LANES;
-        float *ds = g->ds, dot[LANES] = {0};
+        const float *pt = prob + (int64_t)t * tokens * LANES, *dyt = dy + t * dh * LANES;
+        float *dst = ds + (int64_t)t * tokens * LANES, dot[LANES] = {0};
         for (int s = 0; s < tokens; s++) {
             float acc[LANES] = {0};
             for (int i = 0; i < dh; i++) {
-                const float *dyi = dyt + i * LANES, *vi = g->v + (s * dh + i) * LANES;
+                const float *dyi = dyt + i * LANES, *vi = v + (s * dh + i) * LANES;
                 for (int l = 0; l < LANES; l++) acc[l] += dyi[l] * vi[l];
             }
             for (int l = 0; l < LANES; l++) {
-                ds[s * LANES + l] = acc[l];
+                dst[s * LANES + l] = acc[l];
                 dot[l] += pt[s * LANES + l] * acc[l];
             }
         }
         for (int s = 0; s < tokens; s++)
             for (int l = 0; l < LANES; l++)
-                ds[s * LANES + l] = pt[s * LANES + l] * (ds[s * LANES + l] - dot[l]) * scale;
-        for (int s = 0; s < tokens; s++) {
-            for (int i = 0; i < dh; i++) {
-                int64_t ti = (t * dh + i) * LANES, si = (s * dh + i) * LANES;
-                backward_lanes(g->dv + si, g->dq + ti, g->dk + si, pt + s * LANES, dyt + i * LANES,
-                               ds + s * LANES, g->k + si, g->q + ti);
-            }
-        }
+                dst[s * LANES + l] = pt[s * LANES + l] * (dst[s * LANES + l] - dot[l]) * scale;
     }
+}
+
+/* Backward of group_forward: dv = prob^T dy, dq = dS k, dk = dS^T q, overwritten. */
+static void group_backward(const attention_group *g, int tokens, int dh, float scale)
+{
+    softmax_backward_lanes(g->ds, g->prob, g->dy, g->v, tokens, dh, scale);
+    lanes_matmul(g->dv, g->prob, g->dy, tokens, dh, 1);
+    lanes_matmul(g->dq, g->ds, g->k, tokens, dh, 0);
+    lanes_matmul(g->dk, g->ds, g->q, tokens, dh, 1);
 }
 
 /* dy (B, T, d), att (B, h, T, T), qkv and dqkv (B, T, 3*d), work vit_attention_work(T, d, h). */
