@@ -13,3 +13,7 @@ tfuse_add_mpi_test(NAME text_bible_corpus TARGET test_text_corpus RANKS 1 TIMEOU
 set_tests_properties(text_bible_corpus_np1 PROPERTIES SKIP_RETURN_CODE 77)
 tfuse_add_test_exe(test_bert_mlm ${CMAKE_CURRENT_SOURCE_DIR}/test_bert_mlm.c)
 tfuse_add_mpi_test(NAME bert_mlm TARGET test_bert_mlm RANKS 1 TIMEOUT 60)
+# PyTorch (float64) as an independent reference for logits, loss and every gradient.
+tfuse_add_test_exe(test_bert_torch ${CMAKE_CURRENT_SOURCE_DIR}/test_bert_torch.c)
+tfuse_add_mpi_test(NAME bert_torch TARGET test_bert_torch RANKS 1 TIMEOUT 120
+  ARGS ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/bert_torch_ref.py)
