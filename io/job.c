@@ -47,6 +47,10 @@ static tf_status check_keys(const parse_ctx *ctx, const cJSON *obj, const char *
             int dist = edit_distance(item->string, *k);
             if (dist < best) best = dist, hint = *k;
         }
+        for (const cJSON *earlier = obj->child; known && earlier != item; earlier = earlier->next)
+            if (strcmp(earlier->string, item->string) == 0)
+                return tf_error_set(TF_ERR_ARG, "%s: key %s.%s appears twice; keep one", ctx->file,
+                                    path, item->string);
         if (known) continue;
         if (hint && best <= 2)
             return tf_error_set(TF_ERR_ARG, "%s: unknown key %s.%s (did you mean \"%s\"?)",
@@ -283,7 +287,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     static const char *const keys[] = {
         "name",       "method",        "cost",      "solver",    "epsilon", "solver_attention",
         "solver_mlp", "solver_stream", "residual",  "attention", "tokens",  "window",
-        "zscore",     "distance",      "normalize", "repair",   NULL};
+        "zscore",     "distance",      "normalize", "repair",   "stream_features", NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
     static const char *const costs[] = {"activation", "weight", NULL};
@@ -293,6 +297,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     static const char *const tokens[] = {"all", "cls", "window", NULL};
     static const char *const distances[] = {"euclidean", "sqeuclidean", "cosine", NULL};
     static const char *const norms[] = {"max", "mean", "median", "none", NULL};
+    static const char *const stream_features[] = {"residual", "normalized", "both", NULL};
     static const char *const repairs[] = {"none", "mlp", "all", "stream", NULL};
     fuse_options *o = &m->ot;
     *o = fuse_options_default();
@@ -333,6 +338,9 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     o->norm = (enum fuse_norm)v;
     TRY(get_choice(ctx, obj, path, "repair", repairs, (int)o->repair, &v));
     o->repair = (enum fuse_repair)v;
+    TRY(get_choice(ctx, obj, path, "stream_features", stream_features, (int)o->stream_features,
+                   &v));
+    o->stream_features = (enum fuse_stream_features)v;
     if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
         o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
     if (o->cost == FUSE_COST_WEIGHT &&
@@ -349,7 +357,8 @@ static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const ch
                                 job_finetune *f)
 {
     static const char *const keys[] = {"steps",        "lr",         "min_lr", "weight_decay",
-                                       "warmup_steps", "batch_size", "seed",   NULL};
+                                       "warmup_steps", "batch_size", "seed",   "distill",
+                                       NULL};
     memset(f, 0, sizeof *f);
     if (!obj) return TF_OK;
     TRY(check_keys(ctx, obj, path, keys));
@@ -362,6 +371,7 @@ static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const ch
     int64_t seed = 0;
     TRY(get_int64(ctx, obj, path, "seed", 0, 0, 0, INT64_C(1) << 52, &seed));
     f->seed = (uint64_t)seed;
+    TRY(get_double(ctx, obj, path, "distill", 0, 0.0, 0.0, 1.0, &f->distill));
     return TF_OK;
 }
 

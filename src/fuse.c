@@ -2,6 +2,7 @@
  * neurons, and the residual-stream policies. */
 #include "fuse_internal.h"
 #include "tfuse/ot.h"
+#include "tfuse/reduce.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ fuse_options fuse_options_default(void)
     o.distance = FUSE_DIST_EUCLIDEAN;
     o.norm = FUSE_NORM_MAX;
     o.repair = FUSE_REPAIR_NONE;
+    o.stream_features = FUSE_STREAM_RESIDUAL;
     return o;
 }
 
@@ -206,13 +208,21 @@ static tf_status stream_maps_joint(const fuse_stats *stats, const fuse_options *
                                    fuse_maps *maps, int d_p, int d_a)
 {
     const int L = maps->layers;
-    int *blocks = tf_malloc(sizeof(int) * (size_t)(2 * L + 1));
+    int *blocks = tf_malloc(sizeof(int) * (size_t)(4 * L + 1));
     if (!blocks) return TF_ERR_NOMEM;
     int count = 0;
-    blocks[count++] = BLOCK_X0;
-    for (int l = 0; l < L; l++) {
-        blocks[count++] = fuse_layer_block(l, BLOCK_RES1);
-        blocks[count++] = fuse_layer_block(l, BLOCK_RES2);
+    if (opt->stream_features != FUSE_STREAM_NORMALIZED) {
+        blocks[count++] = BLOCK_X0;
+        for (int l = 0; l < L; l++) {
+            blocks[count++] = fuse_layer_block(l, BLOCK_RES1);
+            blocks[count++] = fuse_layer_block(l, BLOCK_RES2);
+        }
+    }
+    if (opt->stream_features != FUSE_STREAM_RESIDUAL) {
+        for (int l = 0; l < L; l++) {
+            blocks[count++] = fuse_layer_block(l, BLOCK_LN1);
+            blocks[count++] = fuse_layer_block(l, BLOCK_LN2);
+        }
     }
     double *plan = NULL;
     tf_status st = map_from_blocks(stats, blocks, count, opt, opt->solver_stream,
@@ -318,50 +328,96 @@ tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
                                const vit_model *anchor, const fuse_options *opt,
                                fuse_maps *maps);
 
-/* Runs the calibration images through all parents on this rank's share and accumulates
- * the statistics of every parent against the anchor. */
+/* Calibration images per chunk of the reproducible reduction. Fixed, so that the sums do
+ * not depend on the number of ranks. */
+#define FUSE_CHUNK_IMAGES 32
+
+/* State of the chunk callback of accumulate_stats. */
+typedef struct {
+    vit_model *const *parents;
+    int n_parents, anchor;
+    const float *images;
+    int64_t n_images;
+    int image_len, n_tokens;
+    const int *tokens;
+    vit_acts **acts; /* [n_parents] forward buffers for one chunk */
+    fuse_stats **stats; /* [n_parents] scratch sums of one chunk (NULL at the anchor) */
+} stats_chunk_ctx;
+
+/* Statistics of one chunk of calibration images: a forward pass of every parent, then the
+ * sums of each non-anchor parent against the anchor, written to buffer parent by parent
+ * as [sums (buffer_len), samples]. */
+static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, void *ctx)
+{
+    stats_chunk_ctx *c = ctx;
+    const int64_t start = chunk * FUSE_CHUNK_IMAGES;
+    const int B = (int)(c->n_images - start < FUSE_CHUNK_IMAGES ? c->n_images - start
+                                                                 : FUSE_CHUNK_IMAGES);
+    const float *x = c->images + start * c->image_len;
+    tf_status st = TF_OK;
+    for (int p = 0; st == TF_OK && p < c->n_parents; p++)
+        st = vit_forward(c->parents[p], c->acts[p], x, NULL, B, NULL);
+    int64_t off = 0;
+    for (int p = 0; st == TF_OK && p < c->n_parents; p++) {
+        fuse_stats *s = c->stats[p];
+        if (p == c->anchor) continue;
+        memset(s->buffer, 0, (size_t)s->buffer_len * sizeof(double));
+        s->samples = 0;
+        st = fuse_stats_accumulate(s, c->parents[p], c->acts[p], c->parents[c->anchor],
+                                   c->acts[c->anchor], c->tokens, c->n_tokens);
+        if (st != TF_OK) break;
+        memcpy(buffer + off, s->buffer, (size_t)s->buffer_len * sizeof(double));
+        buffer[off + s->buffer_len] = s->samples;
+        off += s->buffer_len + 1;
+    }
+    return st == TF_OK && off != len
+               ? tf_error_set(TF_ERR_ARG, "stats_chunk_fill: wrote %lld of %lld values",
+                              (long long)off, (long long)len)
+               : st;
+}
+
+/* Collective on comm. Runs the calibration images through all parents, chunk by chunk
+ * (each rank takes a contiguous range of chunks), and sums the statistics of every parent
+ * against the anchor with reduce_chunks_sum, so the sums are bitwise the same for any
+ * number of ranks. */
 static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int n_parents,
                                   int anchor, const float *images, int64_t n_images,
                                   const fuse_options *opt, fuse_stats **stats)
 {
     const vit_config *ca = &parents[anchor]->cfg;
-    const int batch = 32, image_len = ca->channels * ca->image_size * ca->image_size;
-    int rank, size;
-    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
-    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    const int64_t first = n_images * rank / size, last = n_images * (rank + 1) / size;
     int tokens[4096];
-    const int n_tokens = select_tokens(ca, opt, tokens);
-    vit_acts **acts = tf_calloc((size_t)n_parents, sizeof *acts);
-    tf_status st = acts ? TF_OK : TF_ERR_NOMEM;
+    stats_chunk_ctx ctx = {.parents = parents, .n_parents = n_parents, .anchor = anchor,
+                           .images = images, .n_images = n_images,
+                           .image_len = ca->channels * ca->image_size * ca->image_size,
+                           .n_tokens = select_tokens(ca, opt, tokens), .tokens = tokens,
+                           .stats = stats};
+    int64_t len = 0;
+    for (int p = 0; p < n_parents; p++)
+        if (p != anchor) len += stats[p]->buffer_len + 1;
+    double *sums = tf_malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
+    ctx.acts = tf_calloc((size_t)n_parents, sizeof *ctx.acts);
+    tf_status st = sums && ctx.acts ? TF_OK : TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++)
-        st = vit_acts_create(&parents[p]->cfg, batch, &acts[p]);
+        st = vit_acts_create(&parents[p]->cfg, FUSE_CHUNK_IMAGES, &ctx.acts[p]);
 
-    for (int64_t start = first; st == TF_OK && start < last; start += batch) {
-        int B = (int)(last - start < batch ? last - start : batch);
-        const float *x = images + start * image_len;
-        for (int p = 0; st == TF_OK && p < n_parents; p++)
-            st = vit_forward(parents[p], acts[p], x, NULL, B, NULL);
-        for (int p = 0; st == TF_OK && p < n_parents; p++)
-            if (p != anchor)
-                st = fuse_stats_accumulate(stats[p], parents[p], acts[p], parents[anchor],
-                                           acts[anchor], tokens, n_tokens);
-    }
-    for (int p = 0; acts && p < n_parents; p++) vit_acts_free(&acts[p]);
-    free(acts);
-
-    /* One collective per parent adds every rank's sums. */
-    for (int p = 0; p < n_parents; p++) {
+    /* All ranks agree on the setup before the reduction, so that none waits for another. */
+    int failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any_failed)
+        st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
+    const int64_t n_chunks = (n_images + FUSE_CHUNK_IMAGES - 1) / FUSE_CHUNK_IMAGES;
+    if (st == TF_OK)
+        st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
+    int64_t off = 0;
+    for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
-        TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stats[p]->samples, 1, MPI_DOUBLE, MPI_SUM,
-                                   comm));
-        const int64_t len = stats[p]->buffer_len;
-        for (int64_t off = 0; off < len; off += INT32_MAX / 2) {
-            int chunk = (int)(len - off < INT32_MAX / 2 ? len - off : INT32_MAX / 2);
-            TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stats[p]->buffer + off, chunk, MPI_DOUBLE,
-                                       MPI_SUM, comm));
-        }
+        memcpy(stats[p]->buffer, sums + off, (size_t)stats[p]->buffer_len * sizeof(double));
+        stats[p]->samples = sums[off + stats[p]->buffer_len];
+        off += stats[p]->buffer_len + 1;
     }
+    for (int p = 0; ctx.acts && p < n_parents; p++) vit_acts_free(&ctx.acts[p]);
+    free(ctx.acts);
+    free(sums);
     return st;
 }
 

@@ -20,6 +20,8 @@ enum {
     BLOCK_FC1,       /* (f) MLP hidden before GELU */
     BLOCK_MLP_OUT,   /* (d) MLP branch output */
     BLOCK_RES2,      /* (d) stream after the MLP join */
+    BLOCK_LN1,       /* (d) LayerNorm 1 output (the stream as attention reads it) */
+    BLOCK_LN2,       /* (d) LayerNorm 2 output (the stream as the MLP reads it) */
     BLOCK_PER_LAYER
 };
 

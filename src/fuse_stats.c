@@ -88,6 +88,10 @@ static void gather_block(const vit_model *model, const vit_acts *a, int block,
                 x = a->res1 + ((int64_t)l * plane + row) * d;
             } else if (kind == BLOCK_FC1) {
                 x = a->fc1 + ((int64_t)l * plane + row) * f;
+            } else if (kind == BLOCK_LN1) {
+                x = a->ln1 + ((int64_t)l * plane + row) * d;
+            } else if (kind == BLOCK_LN2) {
+                x = a->ln2 + ((int64_t)l * plane + row) * d;
             } else if (kind == BLOCK_MLP_OUT) {
                 x = a->res2 + ((int64_t)l * plane + row) * d;
                 minus = a->res1 + ((int64_t)l * plane + row) * d;

@@ -156,14 +156,16 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
 }
 
 static tf_status finetune(MPI_Comm comm, const job_fuse *f, const tf_image_set *train,
-                          vit_model *model, const char *label)
+                          vit_model *model, vit_model *const *parents, const char *label)
 {
     const job_finetune *ft = &f->finetune;
     train_options opt = {.steps = ft->steps, .batch_size = ft->batch_size, .lr = ft->lr,
                          .min_lr = ft->min_lr, .weight_decay = ft->weight_decay,
                          .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
                          .warmup_steps = ft->warmup_steps, .seed = ft->seed,
-                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1, .label = label};
+                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1, .label = label,
+                         .distill = ft->distill, .teachers = parents,
+                         .teacher_weights = f->weights, .n_teachers = f->n_parents};
     return train_run(comm, model, train, &opt, NULL);
 }
 
@@ -244,7 +246,7 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
         if (st == TF_OK && f->output_dir[0])
             st = write_method_file(comm, f, method, parents, fused, aligned, maps);
         if (st == TF_OK && f->finetune.steps > 0) {
-            st = finetune(comm, f, train, fused, method->name);
+            st = finetune(comm, f, train, fused, parents, method->name);
             if (st == TF_OK)
                 st = eval_accuracy(comm, fused, test, 0, &r->finetuned, &r->finetuned_loss);
             if (st == TF_OK)

@@ -34,6 +34,23 @@ static tf_status check_labels(const tf_image_set *set, const vit_model *model)
     return TF_OK;
 }
 
+/* Targets for distillation: (1 - distill) onehot(y) + distill * sum_t w_t probs_t. */
+static tf_status distill_targets(const train_options *opt, vit_acts **teacher_acts,
+                                 const float *x, const int *y, int count, int classes,
+                                 float *targets)
+{
+    for (int64_t k = 0; k < (int64_t)count * classes; k++) targets[k] = 0;
+    for (int t = 0; t < opt->n_teachers; t++) {
+        tf_status st = vit_forward(opt->teachers[t], teacher_acts[t], x, NULL, count, NULL);
+        if (st != TF_OK) return st;
+        const float *q = teacher_acts[t]->probs;
+        for (int64_t k = 0; k < (int64_t)count * classes; k++)
+            targets[k] += (float)(opt->distill * opt->teacher_weights[t]) * q[k];
+    }
+    for (int b = 0; b < count; b++) targets[(int64_t)b * classes + y[b]] += (float)(1 - opt->distill);
+    return TF_OK;
+}
+
 tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
                     const train_options *opt, train_result *result)
 {
@@ -51,8 +68,9 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     const int64_t pixels = (int64_t)train->rows * train->cols;
     const int64_t per_epoch = train->count / global_batch;
 
-    vit_acts *acts = NULL;
+    vit_acts *acts = NULL, **teacher_acts = NULL;
     vit_adamw *adam = NULL;
+    float *targets = NULL;
     int64_t *perm = tf_malloc((size_t)train->count * sizeof(int64_t));
     float *x = tf_malloc((size_t)(local_count > 0 ? local_count : 1) * pixels * sizeof(float));
     int *y = tf_malloc((size_t)(local_count > 0 ? local_count : 1) * sizeof(int));
@@ -61,6 +79,17 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     if (st == TF_OK) st = vit_acts_create(&model->cfg, local_count > 0 ? local_count : 1, &acts);
     if (st == TF_OK)
         st = vit_adamw_create(model, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, &adam);
+    const int distill = opt->distill > 0 && opt->n_teachers > 0;
+    if (st == TF_OK && distill) {
+        teacher_acts = tf_calloc((size_t)opt->n_teachers, sizeof *teacher_acts);
+        if (!teacher_acts) st = TF_ERR_NOMEM;
+        for (int t = 0; st == TF_OK && t < opt->n_teachers; t++)
+            st = vit_acts_create(&opt->teachers[t]->cfg, local_count > 0 ? local_count : 1,
+                                 &teacher_acts[t]);
+        targets = tf_malloc((size_t)(local_count > 0 ? local_count : 1) *
+                            model->cfg.classes * sizeof(float));
+        if (st == TF_OK && !targets) st = TF_ERR_NOMEM;
+    }
 
     tf_rng rng;
     double t_start = tf_seconds(), t_log = t_start, loss_sum = 0;
@@ -79,7 +108,12 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
             tf_images_to_float(train, perm + in_epoch * global_batch + local_first, local_count,
                                x, y);
             st = vit_forward(model, acts, x, y, local_count, &loss);
-            if (st == TF_OK) st = vit_backward(model, acts, y, grads);
+            if (st == TF_OK && distill)
+                st = distill_targets(opt, teacher_acts, x, y, local_count, model->cfg.classes,
+                                     targets);
+            if (st == TF_OK)
+                st = distill ? vit_backward_soft(model, acts, targets, grads)
+                             : vit_backward(model, acts, y, grads);
             if (st != TF_OK) break;
             float share = (float)local_count / (float)global_batch;
             for (int64_t k = 0; k < model->num_params; k++) grads[k] *= share;
@@ -121,6 +155,9 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
         result->images_per_second = (double)opt->steps * global_batch / result->seconds;
     }
     vit_acts_free(&acts);
+    for (int t = 0; teacher_acts && t < opt->n_teachers; t++) vit_acts_free(&teacher_acts[t]);
+    free(teacher_acts);
+    free(targets);
     vit_adamw_free(&adam);
     free(perm);
     free(x);

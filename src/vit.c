@@ -457,17 +457,21 @@ static void layer_backward(const vit_model *m, vit_acts *a, int l, const float *
 
 /* Backward of the head and final LayerNorm: fills s->dx (B, T, d) with dLoss/dres2[L-1],
  * nonzero only on class tokens, and the gradients of head and lnf. */
-static void head_backward(const vit_model *m, vit_acts *a, const int *labels, float *g)
+static void head_backward(const vit_model *m, vit_acts *a, const int *labels,
+                          const float *targets, float *g)
 {
     const vit_config *c = &m->cfg;
     vit_scratch *s = a->scratch;
     int B = a->batch, T = vit_tokens(c), d = c->d, C = c->classes, L = c->layers;
     const float *pb = m->params;
 
-    /* Mean cross-entropy: dlogits = (probs - onehot(label)) / B. */
+    /* Mean cross-entropy: dlogits = (probs - target) / B, the target being onehot(label)
+     * or a given distribution. */
     for (int b = 0; b < B; b++) {
-        for (int k = 0; k < C; k++)
-            s->dlog[b * C + k] = (a->probs[b * C + k] - (k == labels[b] ? 1.0f : 0.0f)) / B;
+        for (int k = 0; k < C; k++) {
+            float t = targets ? targets[b * C + k] : (k == labels[b] ? 1.0f : 0.0f);
+            s->dlog[b * C + k] = (a->probs[b * C + k] - t) / B;
+        }
     }
     vit_linear_backward(s->dlnf, g + (m->p[VIT_HEAD_W] - pb), g + (m->p[VIT_HEAD_B] - pb), s->dlog,
                         a->lnf, m->p[VIT_HEAD_W], B, d, C, 0);
@@ -516,7 +520,24 @@ tf_status vit_backward(const vit_model *model, vit_acts *acts, const int *labels
     if (check_labels(labels, acts->batch, c->classes, "vit_backward") != TF_OK) return TF_ERR_ARG;
     int64_t rows = (int64_t)acts->batch * vit_tokens(c);
 
-    head_backward(model, acts, labels, grads);
+    head_backward(model, acts, labels, NULL, grads);
+    for (int l = c->layers - 1; l >= 0; l--)
+        layer_backward(model, acts, l, l == 0 ? acts->x0 : acts->res2 + (l - 1) * rows * c->d,
+                       grads);
+    embed_backward(model, acts, grads);
+    return TF_OK;
+}
+
+tf_status vit_backward_soft(const vit_model *model, vit_acts *acts, const float *targets,
+                            float *grads)
+{
+    const vit_config *c = &model->cfg;
+    if (acts->batch <= 0)
+        return tf_error_set(TF_ERR_ARG, "vit_backward_soft: no forward pass on these activations");
+    if (!targets) return tf_error_set(TF_ERR_ARG, "vit_backward_soft: targets are NULL");
+    int64_t rows = (int64_t)acts->batch * vit_tokens(c);
+
+    head_backward(model, acts, NULL, targets, grads);
     for (int l = c->layers - 1; l >= 0; l--)
         layer_backward(model, acts, l, l == 0 ? acts->x0 : acts->res2 + (l - 1) * rows * c->d,
                        grads);

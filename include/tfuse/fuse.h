@@ -48,6 +48,13 @@ enum fuse_attention {
     FUSE_ATTN_HEAD_AWARE  /* a permutation of heads, then maps within each head */
 };
 
+/* Which activations describe a residual stream dimension for the joint map. */
+enum fuse_stream_features {
+    FUSE_STREAM_RESIDUAL,   /* the stream after the embedding and after every join */
+    FUSE_STREAM_NORMALIZED, /* the LayerNorm outputs that attention and MLP read */
+    FUSE_STREAM_BOTH        /* both, concatenated */
+};
+
 /* Statistics repair after averaging (see fuse_repair). */
 enum fuse_repair {
     FUSE_REPAIR_NONE,
@@ -71,6 +78,7 @@ typedef struct {
     enum fuse_distance distance;
     enum fuse_norm norm;
     enum fuse_repair repair;       /* applied to the fused model after averaging */
+    enum fuse_stream_features stream_features; /* features of the joint stream map */
 } fuse_options;
 
 /* Defaults: exact OT, joint residual map, shared Q/K, all tokens, z-scored Euclidean

@@ -55,6 +55,7 @@ typedef struct {
     int64_t warmup_steps;
     int batch_size;
     uint64_t seed;
+    double distill; /* weight of the parents' averaged predictions in the targets, [0, 1] */
 } job_finetune;
 
 typedef struct {

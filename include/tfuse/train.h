@@ -18,6 +18,13 @@ typedef struct {
     uint64_t seed;      /* order of the training images */
     int log_every;      /* steps between progress lines */
     const char *label;  /* name in progress lines */
+    /* Distillation: with distill > 0 the loss is the cross-entropy against
+     * (1 - distill) onehot(label) + distill q, where q is the weighted average of the
+     * teachers' predicted probabilities (teacher_weights sum to 1). */
+    double distill;
+    vit_model *const *teachers;
+    const double *teacher_weights;
+    int n_teachers;
 } train_options;
 
 typedef struct {

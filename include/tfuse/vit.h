@@ -131,6 +131,12 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
  * as model->params (num_params floats). Not collective. */
 tf_status vit_backward(const vit_model *model, vit_acts *acts, const int *labels, float *grads);
 
+/* Backward pass of the mean cross-entropy against target distributions (B, C), each row
+ * summing to 1, e.g. a mix of one-hot labels and a teacher's probabilities for
+ * distillation: dLoss/dlogits = (probs - targets) / B. Otherwise as vit_backward. */
+tf_status vit_backward_soft(const vit_model *model, vit_acts *acts, const float *targets,
+                            float *grads);
+
 /* Number of correct predictions (argmax of logits) of the last forward pass. */
 int vit_count_correct(const vit_model *model, const vit_acts *acts, const int *labels);
 
