@@ -319,14 +319,14 @@ static void dist_rows_update(dist_state *s, double eps)
     if (exact) dist_rows_exact(s, eps);
 }
 
-/* Returns the L1 error of the reduced row sums against mu, summed over all rows: only
- * the first process column contributes, so each row counts once. Collective on comm. */
+/* Returns the L1 error of the reduced row sums against mu, summed over all rows.
+ * Collective on the column communicator, which is a local copy on a grid with one
+ * process row. Every process column computes the same value from the same row sums. */
 static double dist_row_error(const dist_state *s)
 {
     double local = 0.0, total = 0.0;
-    if (s->grid->mycol == 0)
-        for (int il = 0; il < s->rows; il++) local += fabs(s->rowsum[il] - s->a[il]);
-    TF_MPI_CHECK(MPI_Allreduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, s->grid->comm));
+    for (int il = 0; il < s->rows; il++) local += fabs(s->rowsum[il] - s->a[il]);
+    TF_MPI_CHECK(MPI_Allreduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, s->col_comm));
     return total;
 }
 

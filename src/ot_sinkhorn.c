@@ -2,12 +2,13 @@
  *
  * The plan is P_ij = exp((f_i + g_j - C_ij) / eps) with dual potentials f (n) and g (m)
  * kept in cost units, so warm starts carry over between epsilon stages unchanged.
- * One iteration is one pass over C: the row update of f and the column sums of the
- * updated plan come out of the same exponentials (see ot_sinkhorn_rows), after which g
- * is updated from the column sums without touching C again. The log-sum-exp of a row
- * is shifted by the current f_i instead of the row maximum: after the first iterations
- * the shifted sum is the row's mass, far from overflow and underflow, and a row or
- * column whose sum leaves [1e-200, 1e200] is recomputed with the exact maximum. */
+ * One iteration is one pass over C with one exp per entry. The row update of f and the
+ * column sums of the updated plan come out of the same exponentials (see
+ * ot_sinkhorn_rows), and g is then updated from the column sums without reading C.
+ * The log-sum-exp of a row is shifted by the current f_i instead of the row maximum,
+ * which saves a pass: once the potentials are near their fixed point, the shifted sum
+ * is close to the row's mass. A row or column whose shifted sum leaves [1e-200, 1e200]
+ * is recomputed with the exact maximum as shift. */
 #include "tfuse/ot.h"
 #include "ot_internal.h"
 
@@ -23,15 +24,11 @@
 #define OT_SUM_MIN 1e-200
 #define OT_SUM_MAX 1e200
 
-/* Taylor coefficients 1/k! for k = 13 down to 2; the reduced argument lies in
- * [-ln(2)/2, ln(2)/2], where the degree-13 truncation error is below 1e-17. */
-static const double exp_coef[12] __attribute__((unused)) = {
-    1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
-    1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,
-    1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,        1.0 / 2.0};
-static const double exp_ln2_hi = 6.93147180369123816490e-01;
-static const double exp_ln2_lo = 1.90821492927058770002e-10;
-static const double exp_log2e = 1.4426950408889634;
+/* Splitting of ln(2) for the range reduction of the vector exp: the high part has
+ * trailing zero bits, so k * hi is exact for the k that occur. */
+#define OT_LN2_HI 6.93147180369123816490e-01
+#define OT_LN2_LO 1.90821492927058770002e-10
+#define OT_LOG2E 1.4426950408889634
 
 static double exp_scalar(double x)
 {
@@ -55,10 +52,10 @@ static inline __m512d exp_vec8(__m512d x)
 {
     const __m512d lo = _mm512_set1_pd(-708.0), hi = _mm512_set1_pd(709.0);
     __m512d xc = _mm512_max_pd(_mm512_min_pd(x, hi), lo);
-    __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(xc, _mm512_set1_pd(16.0 * exp_log2e)),
+    __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(xc, _mm512_set1_pd(16.0 * OT_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(exp_ln2_hi / 16.0), xc);
-    r = _mm512_fnmadd_pd(k, _mm512_set1_pd(exp_ln2_lo / 16.0), r);
+    __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(OT_LN2_HI / 16.0), xc);
+    r = _mm512_fnmadd_pd(k, _mm512_set1_pd(OT_LN2_LO / 16.0), r);
     __m512d e = _mm512_roundscale_pd(_mm512_mul_pd(k, _mm512_set1_pd(1.0 / 16.0)),
                                      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     __m512i idx = _mm512_cvtpd_epi64(_mm512_fnmadd_pd(e, _mm512_set1_pd(16.0), k));
@@ -78,15 +75,22 @@ static inline __m512d exp_vec8(__m512d x)
     return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, hi, _CMP_GT_OQ), _mm512_set1_pd(INFINITY));
 }
 #elif defined(__AVX2__) && defined(__FMA__)
+/* Taylor coefficients 1/k! for k = 13 down to 2. The reduced argument lies in
+ * [-ln(2)/2, ln(2)/2], where the degree-13 truncation error is below 1e-17. */
+static const double exp_coef[12] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
+                                    1.0 / 3628800.0,    1.0 / 362880.0,    1.0 / 40320.0,
+                                    1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,
+                                    1.0 / 24.0,         1.0 / 6.0,         1.0 / 2.0};
+
 /* exp of 4 lanes: x = k ln2 + r, exp(x) = 2^k p(r), with 2^k built in the exponent bits;
  * the clamp keeps k in [-1021, 1023]. */
 static inline __m256d exp_vec4(__m256d x)
 {
     __m256d xc = _mm256_max_pd(_mm256_min_pd(x, _mm256_set1_pd(709.0)), _mm256_set1_pd(-708.0));
-    __m256d k = _mm256_round_pd(_mm256_mul_pd(xc, _mm256_set1_pd(exp_log2e)),
+    __m256d k = _mm256_round_pd(_mm256_mul_pd(xc, _mm256_set1_pd(OT_LOG2E)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(exp_ln2_hi), xc);
-    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(exp_ln2_lo), r);
+    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(OT_LN2_HI), xc);
+    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(OT_LN2_LO), r);
     __m256d p = _mm256_set1_pd(exp_coef[0]);
     for (int c = 1; c < 12; c++) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(exp_coef[c]));
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));

@@ -15,3 +15,7 @@ tfuse_add_mpi_test(NAME ot_cases TARGET test_ot_cases RANKS 1)
 
 tfuse_add_test_exe(test_ot_dist test_ot_dist.c)
 tfuse_add_mpi_test(NAME ot_dist TARGET test_ot_dist RANKS 1 2 4)
+
+# Benchmark program of bench/bench_ot.py (not a test; run bench/bench_ot.sh).
+add_executable(bench_ot ${CMAKE_SOURCE_DIR}/bench/bench_ot.c)
+target_link_libraries(bench_ot PRIVATE tfuse)
