@@ -6,6 +6,7 @@
  * over the calibration samples equal the weighted averages of the aligned parents' ones.
  * Layers are repaired in order, because repairing layer l changes the inputs of l + 1. */
 #include "fuse_internal.h"
+#include "tfuse/reduce.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -75,32 +76,65 @@ static void moments_add(moments *m, const vit_acts *a, const vit_config *c)
     m->count += (double)rows;
 }
 
-/* Collective: per-neuron sums of one model over the calibration images, sharded over the
- * ranks of comm and reduced. */
+/* Calibration images per chunk of the reproducible reduction, independent of the rank
+ * count. */
+#define REPAIR_CHUNK_IMAGES 32
+
+typedef struct {
+    const vit_model *model;
+    const float *images;
+    int64_t n_images;
+    vit_acts *acts;
+    const moments *shape; /* layers, widths and stride of the sums */
+} moments_chunk_ctx;
+
+/* Sums of one chunk of images, written to buffer as [sum (n), sq (n), count]. */
+static tf_status moments_chunk_fill(int64_t chunk, double *buffer, int64_t len, void *ctx)
+{
+    moments_chunk_ctx *c = ctx;
+    const vit_config *cfg = &c->model->cfg;
+    const int64_t start = chunk * REPAIR_CHUNK_IMAGES, n = (len - 1) / 2;
+    const int B = (int)(c->n_images - start < REPAIR_CHUNK_IMAGES ? c->n_images - start
+                                                                   : REPAIR_CHUNK_IMAGES);
+    const int64_t image_len = (int64_t)cfg->channels * cfg->image_size * cfg->image_size;
+    tf_status st = vit_forward(c->model, c->acts, c->images + start * image_len, NULL, B, NULL);
+    if (st != TF_OK) return st;
+    moments part = *c->shape;
+    part.sum = buffer;
+    part.sq = buffer + n;
+    part.count = 0;
+    moments_add(&part, c->acts, cfg);
+    buffer[2 * n] = part.count;
+    return TF_OK;
+}
+
+/* Collective: per-neuron sums of one model over the calibration images, chunk by chunk
+ * over the ranks of comm and added with reduce_chunks_sum, so they are bitwise the same
+ * for any number of ranks. */
 static tf_status moments_collect(MPI_Comm comm, const vit_model *model, const float *images,
                                  int64_t n_images, moments *m)
 {
-    const vit_config *c = &model->cfg;
-    const int batch = 32, image_len = c->channels * c->image_size * c->image_size;
-    int rank, size;
-    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
-    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    const int64_t first = n_images * rank / size, last = n_images * (rank + 1) / size;
-    memset(m->sum, 0, (size_t)m->layers * REPAIR_KINDS * m->stride * sizeof(double));
-    memset(m->sq, 0, (size_t)m->layers * REPAIR_KINDS * m->stride * sizeof(double));
-    m->count = 0;
-    vit_acts *acts = NULL;
-    tf_status st = vit_acts_create(c, batch, &acts);
-    for (int64_t start = first; st == TF_OK && start < last; start += batch) {
-        int B = (int)(last - start < batch ? last - start : batch);
-        st = vit_forward(model, acts, images + start * image_len, NULL, B, NULL);
-        if (st == TF_OK) moments_add(m, acts, c);
+    const int64_t n = (int64_t)m->layers * REPAIR_KINDS * m->stride, len = 2 * n + 1;
+    moments_chunk_ctx ctx = {.model = model, .images = images, .n_images = n_images,
+                             .shape = m};
+    double *sums = tf_malloc((size_t)len * sizeof(double));
+    tf_status st = sums ? vit_acts_create(&model->cfg, REPAIR_CHUNK_IMAGES, &ctx.acts)
+                        : TF_ERR_NOMEM;
+
+    /* All ranks agree on the setup before the reduction, so that none waits for another. */
+    int failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any_failed)
+        st = tf_error_set(TF_ERR_NOMEM, "repair statistics: setup failed on another rank");
+    const int64_t n_chunks = (n_images + REPAIR_CHUNK_IMAGES - 1) / REPAIR_CHUNK_IMAGES;
+    if (st == TF_OK) st = reduce_chunks_sum(comm, n_chunks, len, moments_chunk_fill, &ctx, sums);
+    if (st == TF_OK) {
+        memcpy(m->sum, sums, (size_t)n * sizeof(double));
+        memcpy(m->sq, sums + n, (size_t)n * sizeof(double));
+        m->count = sums[2 * n];
     }
-    vit_acts_free(&acts);
-    const int len = m->layers * REPAIR_KINDS * m->stride;
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->sum, len, MPI_DOUBLE, MPI_SUM, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->sq, len, MPI_DOUBLE, MPI_SUM, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &m->count, 1, MPI_DOUBLE, MPI_SUM, comm));
+    vit_acts_free(&ctx.acts);
+    free(sums);
     return st;
 }
 
