@@ -108,8 +108,15 @@ _Noreturn void tf_die(const char *file, int line, const char *fmt, ...)
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     int size = tf_world_size();
+    int rank = tf_world_rank();
+    if (size > 1 && rank != 0) {
+        /* A failure that every rank reaches (most are agreed on collectively) should print
+         * once: rank 0's MPI_Abort usually ends the other ranks within this pause. */
+        struct timespec pause = {0, 500 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
     if (size > 1)
-        fprintf(stderr, "error (rank %d): %s\n", tf_world_rank(), message);
+        fprintf(stderr, "error (rank %d): %s\n", rank, message);
     else
         fprintf(stderr, "error: %s\n", message);
     if (log_level <= TF_LOG_DEBUG) fprintf(stderr, "  (raised at %s:%d)\n", file, line);

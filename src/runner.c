@@ -4,10 +4,12 @@
 #include "tfuse/data.h"
 #include "tfuse/h5file.h"
 #include "tfuse/train.h"
+#include "tfuse/validate.h"
 #include "tfuse/vit_io.h"
 #include "runner_internal.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,73 +45,414 @@ tf_status runner_make_parent_dirs(const char *path)
     return TF_OK;
 }
 
-static tf_status check_input(const char *path, const char *what)
+/* ---- Validation ----------------------------------------------------------------------
+ * Every check below runs on rank 0 before any compute (see check_job_on_root), reading
+ * only headers and metadata of the inputs. */
+
+typedef struct {
+    const job_file *job;
+    int ranks;       /* size of the communicator the job runs on */
+    int create_dirs; /* 1: create missing output directories; 0: only check they can be */
+    int warn;        /* 1: log warnings (only in the first of the two passes of a run) */
+} check_ctx;
+
+/* Returns 1 when a and b name the same file: equal strings, or both exist with the same
+ * device and inode. */
+static int same_file(const char *a, const char *b)
 {
-    if (access(path, R_OK) != 0)
-        return tf_error_set(TF_ERR_IO, "%s %s cannot be read: %s", what, path, strerror(errno));
+    struct stat sa, sb;
+    if (strcmp(a, b) == 0) return 1;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* Checks that the directory of path exists or can be created: the nearest existing
+ * ancestor must be a writable directory. Creates the missing directories when create. */
+static tf_status check_output_dir(const char *path, const char *key, int create)
+{
+    char dir[JOB_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+
+    struct stat sb;
+    char existing[JOB_PATH_MAX];
+    snprintf(existing, sizeof existing, "%s", dir);
+    while (stat(existing, &sb) != 0) {
+        char *up = strrchr(existing, '/');
+        if (!up)
+            snprintf(existing, sizeof existing, ".");
+        else if (up == existing)
+            existing[1] = '\0';
+        else
+            *up = '\0';
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return tf_error_set(TF_ERR_IO,
+                            "output %s (%s) cannot be written: '%s' is not a "
+                            "directory",
+                            path, key, existing);
+    if (access(existing, W_OK | X_OK) != 0)
+        return tf_error_set(TF_ERR_IO,
+                            "output %s (%s) cannot be written: directory '%s' is not "
+                            "writable (%s)",
+                            path, key, existing, strerror(errno));
+    if (!create) return TF_OK;
+    tf_status st = runner_make_parent_dirs(path);
+    if (st != TF_OK) return tf_error_set(st, "output %s (%s): %s", path, key, tf_error_get());
     return TF_OK;
+}
+
+/* Logs the temporary files "<path>.tmp*" that an interrupted run may have left. */
+static void warn_stale_temporaries(const char *path)
+{
+    char pattern[JOB_PATH_MAX + 8];
+    glob_t found;
+    snprintf(pattern, sizeof pattern, "%s.tmp*", path);
+    if (glob(pattern, GLOB_NOSORT, NULL, &found) != 0) return;
+    TF_WARN("found %zu temporary file(s) such as %s, left by an interrupted run that wrote "
+            "%s; delete them",
+            (size_t)found.gl_pathc, found.gl_pathv[0], path);
+    globfree(&found);
+}
+
+static tf_status check_output(const check_ctx *ctx, const char *path, int overwrite,
+                              const char *key)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return tf_error_set(TF_ERR_IO, "output %s (%s) is a directory; expected a file name", path,
+                            key);
+    if (!overwrite && runner_file_exists(path))
+        return tf_error_set(TF_ERR_EXISTS,
+                            "output %s (%s) exists; set \"overwrite\": true in "
+                            "the task or remove the file",
+                            path, key);
+    if (ctx->warn) warn_stale_temporaries(path);
+    return check_output_dir(path, key, ctx->create_dirs);
 }
 
 tf_status runner_check_output(const char *path, int overwrite, const char *key)
 {
-    if (!overwrite && runner_file_exists(path))
-        return tf_error_set(TF_ERR_EXISTS, "output %s (%s) exists; set \"overwrite\": true in "
-                            "the task or remove the file", path, key);
-    return runner_make_parent_dirs(path);
+    const check_ctx ctx = {.job = NULL, .ranks = 1, .create_dirs = 1, .warn = 0};
+    return check_output(&ctx, path, overwrite, key);
 }
 
-static tf_status check_train(const job_train *t, int index)
+/* Checks one image and label file pair against the model that reads it: format and
+ * length, image size and channels, and, when check_labels, every used label below the
+ * class count. */
+static tf_status check_data_pair(const char *images, const char *labels, int64_t limit,
+                                 const vit_config *model, int check_labels, const char *key,
+                                 validate_idx_info *info)
+{
+    tf_status st = validate_idx_pair(images, labels, limit, info);
+    if (st != TF_OK) return tf_error_set(st, "%s: %s", key, tf_error_get());
+    if (info->rows != model->image_size || info->cols != model->image_size)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: images in '%s' are %d x %d pixels, but the model "
+                            "expects %d x %d (image_size)",
+                            key, images, info->rows, info->cols, model->image_size,
+                            model->image_size);
+    if (model->channels != 1)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: idx images have 1 channel, but the model has "
+                            "channels = %d",
+                            key, model->channels);
+    if (check_labels && info->max_label >= model->classes)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: label file '%s' contains label %d, but the model "
+                            "has %d classes (labels 0..%d)",
+                            key, labels, info->max_label, model->classes, model->classes - 1);
+    return TF_OK;
+}
+
+/* Checks the training and test files of a task; check_train_labels is 0 when no training
+ * step reads the training labels. */
+static tf_status check_data(const job_data *data, const vit_config *model, int check_train_labels,
+                            int index, validate_idx_info *train, validate_idx_info *test)
+{
+    char key[96];
+    snprintf(key, sizeof key, "tasks[%d].data (training images)", index);
+    tf_status st = check_data_pair(data->train_images, data->train_labels, data->train_limit, model,
+                                   check_train_labels, key, train);
+    if (st != TF_OK) return st;
+    snprintf(key, sizeof key, "tasks[%d].data (test images)", index);
+    return check_data_pair(data->test_images, data->test_labels, data->test_limit, model, 1, key,
+                           test);
+}
+
+/* Checks a global batch against the training images and the ranks that share it. */
+static tf_status check_batch(const check_ctx *ctx, int batch, const validate_idx_info *train,
+                             const char *key)
+{
+    if (batch > train->used)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s = %d exceeds the %lld training images; lower it or "
+                            "raise data.train_limit",
+                            key, batch, (long long)train->used);
+    if (ctx->warn && batch < ctx->ranks)
+        TF_WARN("%s = %d is smaller than the %d ranks, so %d ranks stay idle in each step", key,
+                batch, ctx->ranks, ctx->ranks - batch);
+    return TF_OK;
+}
+
+static tf_status check_train(const check_ctx *ctx, const job_train *t, int index)
 {
     char key[64];
+    validate_idx_info train, test;
     tf_status st = vit_config_validate(&t->model);
-    if (st != TF_OK)
-        return tf_error_set(st, "tasks[%d].model: %s", index, tf_error_get());
-    if ((st = check_input(t->data.train_images, "training images")) != TF_OK) return st;
-    if ((st = check_input(t->data.train_labels, "training labels")) != TF_OK) return st;
-    if ((st = check_input(t->data.test_images, "test images")) != TF_OK) return st;
-    if ((st = check_input(t->data.test_labels, "test labels")) != TF_OK) return st;
+    if (st != TF_OK) return tf_error_set(st, "tasks[%d].model: %s", index, tf_error_get());
+    st = check_data(&t->data, &t->model, 1, index, &train, &test);
+    if (st != TF_OK) return st;
+    snprintf(key, sizeof key, "tasks[%d].batch_size", index);
+    if ((st = check_batch(ctx, t->batch_size, &train, key)) != TF_OK) return st;
+    if (ctx->warn && test.used < ctx->ranks)
+        TF_WARN("tasks[%d]: %lld test images for %d ranks, so some ranks stay idle during "
+                "evaluation",
+                index, (long long)test.used, ctx->ranks);
     snprintf(key, sizeof key, "tasks[%d].output", index);
-    return runner_check_output(t->output, t->overwrite, key);
+    return check_output(ctx, t->output, t->overwrite, key);
 }
 
-/* A fuse task may read parents that an earlier train task of the same job writes. */
-static tf_status check_fuse(const job_file *job, const job_fuse *f, int index)
+/* Configuration of parent p: the model of an earlier train task that writes it, or the
+ * attributes of the file. */
+static tf_status check_parent(const check_ctx *ctx, const job_fuse *f, int index, int p,
+                              vit_config *cfg)
+{
+    for (int k = index - 1; k >= 0; k--) {
+        const job_task *task = &ctx->job->tasks[k];
+        if (task->kind == JOB_TASK_TRAIN && same_file(task->train.output, f->parents[p])) {
+            *cfg = task->train.model;
+            return TF_OK;
+        }
+    }
+    tf_status st = validate_model_file(f->parents[p], cfg);
+    if (st != TF_OK) return tf_error_set(st, "tasks[%d].parents[%d]: %s", index, p, tf_error_get());
+    return TF_OK;
+}
+
+/* Fused parents must agree in everything but the widths d and mlp. */
+static tf_status check_compatible(const vit_config *c, const vit_config *a, int index, int p,
+                                  int anchor)
+{
+    const struct {
+        const char *name;
+        int parent, anchor;
+    } fields[] = {{"image_size", c->image_size, a->image_size},
+                  {"channels", c->channels, a->channels},
+                  {"patch", c->patch, a->patch},
+                  {"layers", c->layers, a->layers},
+                  {"heads", c->heads, a->heads},
+                  {"classes", c->classes, a->classes}};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (fields[i].parent != fields[i].anchor)
+            return tf_error_set(TF_ERR_ARG,
+                                "tasks[%d].parents[%d] has %s = %d but the anchor "
+                                "(parents[%d]) has %s = %d; fused parents must agree in "
+                                "image_size, channels, patch, layers, heads and classes",
+                                index, p, fields[i].name, fields[i].parent, anchor, fields[i].name,
+                                fields[i].anchor);
+    return TF_OK;
+}
+
+/* Checks what each method needs of the parents' shapes. */
+static tf_status check_methods(const job_fuse *f, const vit_config *cfgs, int index)
+{
+    const vit_config *a = &cfgs[f->anchor];
+    const int grid = a->image_size / a->patch;
+    for (int m = 0; m < f->n_methods; m++) {
+        const job_method *method = &f->methods[m];
+        for (int p = 0; p < f->n_parents; p++) {
+            const vit_config *c = &cfgs[p];
+            if (method->kind == JOB_METHOD_VANILLA && (c->d != a->d || c->mlp != a->mlp))
+                return tf_error_set(TF_ERR_ARG,
+                                    "tasks[%d].methods[%d] (%s): vanilla averaging "
+                                    "needs parents of equal shapes, but parents[%d] has d = %d, "
+                                    "mlp = %d and the anchor d = %d, mlp = %d; use \"method\": "
+                                    "\"ot\"",
+                                    index, m, method->name, p, c->d, c->mlp, a->d, a->mlp);
+            if (method->kind == JOB_METHOD_OT && method->ot.residual == FUSE_RESIDUAL_IDENTITY &&
+                c->d != a->d)
+                return tf_error_set(TF_ERR_ARG,
+                                    "tasks[%d].methods[%d] (%s): residual \"identity\" "
+                                    "needs equal widths, but parents[%d] has d = %d and the "
+                                    "anchor d = %d",
+                                    index, m, method->name, p, c->d, a->d);
+        }
+        if (method->kind == JOB_METHOD_OT && method->ot.tokens == FUSE_TOKENS_WINDOW &&
+            method->ot.window > grid)
+            return tf_error_set(TF_ERR_ARG,
+                                "tasks[%d].methods[%d].window = %d exceeds the patch "
+                                "grid side %d (image_size / patch)",
+                                index, m, method->ot.window, grid);
+    }
+    return TF_OK;
+}
+
+/* Checks the outputs of a fuse task: one file per method in output_dir, and the report. */
+static tf_status check_fuse_outputs(const check_ctx *ctx, const job_fuse *f, int index)
 {
     char key[96], path[JOB_PATH_MAX + 80];
     tf_status st;
-    for (int p = 0; p < f->n_parents; p++) {
-        int made_earlier = 0;
-        for (int k = 0; k < index; k++)
-            if (job->tasks[k].kind == JOB_TASK_TRAIN &&
-                strcmp(job->tasks[k].train.output, f->parents[p]) == 0)
-                made_earlier = 1;
-        if (made_earlier) continue;
-        snprintf(key, sizeof key, "parent model (tasks[%d].parents[%d])", index, p);
-        if ((st = check_input(f->parents[p], key)) != TF_OK) return st;
-    }
-    if ((st = check_input(f->data.train_images, "calibration images")) != TF_OK) return st;
-    if ((st = check_input(f->data.train_labels, "calibration labels")) != TF_OK) return st;
-    if ((st = check_input(f->data.test_images, "test images")) != TF_OK) return st;
-    if ((st = check_input(f->data.test_labels, "test labels")) != TF_OK) return st;
     if (f->output_dir[0]) {
         for (int m = 0; m < f->n_methods; m++) {
             snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, f->methods[m].name);
             snprintf(key, sizeof key, "tasks[%d].methods[%d]", index, m);
-            if ((st = runner_check_output(path, f->overwrite, key)) != TF_OK) return st;
+            if ((st = check_output(ctx, path, f->overwrite, key)) != TF_OK) return st;
         }
     }
     if (f->report[0]) {
         snprintf(key, sizeof key, "tasks[%d].report", index);
-        if ((st = runner_check_output(f->report, f->overwrite, key)) != TF_OK) return st;
+        if ((st = check_output(ctx, f->report, f->overwrite, key)) != TF_OK) return st;
     }
+    return TF_OK;
+}
+
+/* A fuse task may read parents that an earlier train task of the same job writes; their
+ * configuration then comes from that task. */
+static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
+{
+    char key[64];
+    validate_idx_info train, test;
+    vit_config cfgs[JOB_MAX_PARENTS];
+    tf_status st;
+    for (int p = 0; p < f->n_parents; p++)
+        if ((st = check_parent(ctx, f, index, p, &cfgs[p])) != TF_OK) return st;
+    for (int p = 0; p < f->n_parents; p++)
+        if ((st = check_compatible(&cfgs[p], &cfgs[f->anchor], index, p, f->anchor)) != TF_OK)
+            return st;
+    if ((st = check_methods(f, cfgs, index)) != TF_OK) return st;
+
+    const int finetune = f->finetune.steps > 0;
+    st = check_data(&f->data, &cfgs[f->anchor], finetune, index, &train, &test);
+    if (st != TF_OK) return st;
+    if (f->calib_samples > train.used)
+        return tf_error_set(TF_ERR_ARG,
+                            "tasks[%d].calibration_samples = %lld exceeds the %lld "
+                            "training images; lower it or raise data.train_limit",
+                            index, (long long)f->calib_samples, (long long)train.used);
+    if (ctx->warn && f->calib_samples < ctx->ranks)
+        TF_WARN("tasks[%d].calibration_samples = %lld is smaller than the %d ranks, so some "
+                "ranks hold no calibration images",
+                index, (long long)f->calib_samples, ctx->ranks);
+    snprintf(key, sizeof key, "tasks[%d].finetune.batch_size", index);
+    if (finetune && (st = check_batch(ctx, f->finetune.batch_size, &train, key)) != TF_OK)
+        return st;
+    if (ctx->warn && test.used < ctx->ranks)
+        TF_WARN("tasks[%d]: %lld test images for %d ranks, so some ranks stay idle during "
+                "evaluation",
+                index, (long long)test.used, ctx->ranks);
+    return check_fuse_outputs(ctx, f, index);
+}
+
+/* Collects the output paths of every task (at most max) into paths. */
+static int job_outputs(const job_file *job, char (*paths)[JOB_PATH_MAX + 80], int max)
+{
+    int n = 0;
+    for (int i = 0; i < job->n_tasks; i++) {
+        const job_task *task = &job->tasks[i];
+        if (task->kind == JOB_TASK_TRAIN) {
+            if (n < max) snprintf(paths[n++], JOB_PATH_MAX + 80, "%s", task->train.output);
+            continue;
+        }
+        const job_fuse *f = &task->fuse;
+        for (int m = 0; f->output_dir[0] && m < f->n_methods && n < max; m++)
+            snprintf(paths[n++], JOB_PATH_MAX + 80, "%s/%s.h5", f->output_dir, f->methods[m].name);
+        if (f->report[0] && n < max) snprintf(paths[n++], JOB_PATH_MAX + 80, "%s", f->report);
+    }
+    return n;
+}
+
+/* Returns 1 when path is one of the files some task reads. */
+static int is_job_input(const job_file *job, const char *path)
+{
+    for (int i = 0; i < job->n_tasks; i++) {
+        const job_task *task = &job->tasks[i];
+        const job_data *d = task->kind == JOB_TASK_TRAIN ? &task->train.data : &task->fuse.data;
+        if (same_file(path, d->train_images) || same_file(path, d->train_labels) ||
+            same_file(path, d->test_images) || same_file(path, d->test_labels))
+            return 1;
+        for (int p = 0; task->kind == JOB_TASK_FUSE && p < task->fuse.n_parents; p++)
+            if (same_file(path, task->fuse.parents[p]) &&
+                (task->fuse.output_dir[0] || task->fuse.report[0]))
+                return runner_file_exists(path);
+    }
+    return 0;
+}
+
+/* No two outputs of a job may be the same file, and no output may replace an input that
+ * exists before the job starts. */
+static tf_status check_job_outputs(const job_file *job)
+{
+    enum { MAX_OUTPUTS = 4096 };
+    char(*paths)[JOB_PATH_MAX + 80] = tf_malloc(MAX_OUTPUTS * sizeof *paths);
+    if (!paths) return TF_ERR_NOMEM;
+    int n = job_outputs(job, paths, MAX_OUTPUTS);
+    tf_status st = TF_OK;
+    for (int i = 0; st == TF_OK && i < n; i++) {
+        for (int j = 0; st == TF_OK && j < i; j++)
+            if (same_file(paths[i], paths[j]))
+                st = tf_error_set(TF_ERR_ARG,
+                                  "two outputs of the job are the same file %s; give "
+                                  "each task and method its own output",
+                                  paths[i]);
+        if (st == TF_OK && is_job_input(job, paths[i]))
+            st = tf_error_set(TF_ERR_ARG,
+                              "output %s is also an input of the job; choose another "
+                              "output path",
+                              paths[i]);
+    }
+    free(paths);
+    return st;
+}
+
+static tf_status check_job(const check_ctx *ctx)
+{
+    const job_file *job = ctx->job;
+    tf_status st = TF_OK;
+    for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
+        const job_task *task = &job->tasks[i];
+        st = task->kind == JOB_TASK_TRAIN ? check_train(ctx, &task->train, i)
+                                          : check_fuse(ctx, &task->fuse, i);
+    }
+    if (st == TF_OK) st = check_job_outputs(job);
+    if (st != TF_OK) st = tf_error_set(st, "%s: %s", job->path, tf_error_get());
+    return st;
+}
+
+/* Runs check_job on rank 0 of comm and gives every rank its status and message, so that
+ * the file system sees one reader and all ranks fail alike. Collective. */
+static tf_status check_job_on_root(MPI_Comm comm, const job_file *job, int validate_only)
+{
+    int rank = 0, size = 1;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    struct {
+        int status;
+        char message[2048];
+    } report = {TF_OK, ""};
+    if (rank == 0) {
+        check_ctx ctx = {
+            .job = job, .ranks = size, .create_dirs = !validate_only, .warn = validate_only};
+        report.status = (int)check_job(&ctx);
+        if (report.status != TF_OK)
+            snprintf(report.message, sizeof report.message, "%s", tf_error_get());
+    }
+    TF_MPI_CHECK(MPI_Bcast(&report, (int)sizeof report, MPI_BYTE, 0, comm));
+    if (report.status != TF_OK) return tf_error_set((tf_status)report.status, "%s", report.message);
     return TF_OK;
 }
 
 /* Loads the training and test sets of a task; every rank reads the files. */
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test)
 {
-    tf_status st = idx_image_set_load(data->train_images, data->train_labels, data->train_limit,
-                                      train);
+    tf_status st =
+        idx_image_set_load(data->train_images, data->train_labels, data->train_limit, train);
     if (st == TF_OK)
         st = idx_image_set_load(data->test_images, data->test_labels, data->test_limit, test);
     if (st != TF_OK) idx_image_set_free(train);
@@ -131,17 +474,23 @@ static tf_status run_train(MPI_Comm comm, const job_train *t)
     int64_t per_epoch = train->count / t->batch_size;
     if (per_epoch < 1) per_epoch = 1;
     int64_t steps = t->steps > 0 ? t->steps : per_epoch * t->epochs;
-    TF_INFO("train %s: %lld parameters, %lld images, batch %d, %lld steps (%.2f epochs)",
-            t->name, (long long)model->num_params, (long long)train->count, t->batch_size,
-            (long long)steps, (double)steps / (double)per_epoch);
+    TF_INFO("train %s: %lld parameters, %lld images, batch %d, %lld steps (%.2f epochs)", t->name,
+            (long long)model->num_params, (long long)train->count, t->batch_size, (long long)steps,
+            (double)steps / (double)per_epoch);
 
     /* Step 2: data-parallel AdamW. */
-    train_options opt = {.steps = steps, .batch_size = t->batch_size, .lr = t->optimizer.lr,
+    train_options opt = {.steps = steps,
+                         .batch_size = t->batch_size,
+                         .lr = t->optimizer.lr,
                          .min_lr = t->optimizer.min_lr,
                          .weight_decay = t->optimizer.weight_decay,
-                         .beta1 = t->optimizer.beta1, .beta2 = t->optimizer.beta2,
-                         .eps = t->optimizer.eps, .warmup_steps = t->optimizer.warmup_steps,
-                         .seed = t->seed, .log_every = t->log_every, .label = t->name};
+                         .beta1 = t->optimizer.beta1,
+                         .beta2 = t->optimizer.beta2,
+                         .eps = t->optimizer.eps,
+                         .warmup_steps = t->optimizer.warmup_steps,
+                         .seed = t->seed,
+                         .log_every = t->log_every,
+                         .label = t->name};
     st = train_run(comm, model, train, &opt, &result);
     if (st != TF_OK) goto done;
 
@@ -161,13 +510,7 @@ done:
 
 tf_status runner_run_job(MPI_Comm comm, const job_file *job, int validate_only)
 {
-    tf_status st = TF_OK;
-    for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
-        const job_task *task = &job->tasks[i];
-        st = task->kind == JOB_TASK_TRAIN ? check_train(&task->train, i)
-                                          : check_fuse(job, &task->fuse, i);
-        if (st != TF_OK) st = tf_error_set(st, "%s: %s", job->path, tf_error_get());
-    }
+    tf_status st = check_job_on_root(comm, job, validate_only);
     if (st != TF_OK || validate_only) return st;
     for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];

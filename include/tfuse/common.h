@@ -49,7 +49,9 @@ void tf_log(int level, const char *func, const char *fmt, ...)
 #define TF_ERROR(...) tf_log(TF_LOG_ERROR, __func__, __VA_ARGS__)
 
 /* Prints "error: <message>" with the rank and calls MPI_Abort(MPI_COMM_WORLD, 1). For
- * programs and tests; library code returns a status instead. */
+ * programs and tests; library code returns a status instead. Ranks other than 0 wait
+ * 0.5 s before printing, so a failure that all ranks reach is usually printed once, by
+ * rank 0, whose abort ends the others first. */
 _Noreturn void tf_die(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 #define TF_DIE(...) tf_die(__FILE__, __LINE__, __VA_ARGS__)

@@ -1,0 +1,39 @@
+/* Checks of job inputs that read only file headers and metadata, so that `tfuse-mpi
+ * --validate` and the start of every run can reject malformed data and model files before
+ * any compute. None of these functions is collective: the job runner calls them on one rank
+ * and broadcasts the outcome. */
+#ifndef TFUSE_VALIDATE_H
+#define TFUSE_VALIDATE_H
+
+#include <stdint.h>
+#include "tfuse/common.h"
+#include "tfuse/vit.h"
+
+/* What validate_idx_pair learned about an image and label file pair. */
+typedef struct {
+    int64_t count;  /* images in the files */
+    int64_t used;   /* images a loader with the same limit keeps */
+    int rows, cols; /* pixels per image */
+    int max_label;  /* largest label among the used images */
+} validate_idx_info;
+
+/* Checks an idx3 image file and an idx1 label file as idx_image_set_load would read them
+ * with the same limit: magic numbers, dimensions, equal counts, and file lengths (a file
+ * shorter than its header promises is rejected, and when limit keeps all images so is one
+ * with bytes after the data). Reads the headers and the used labels; gzip files are
+ * decompressed once to measure their length, without keeping the pixels. Returns TF_ERR_IO
+ * for a missing or unreadable file and TF_ERR_FORMAT for malformed contents, with a
+ * message naming the file and the expected and found values. */
+tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t limit,
+                            validate_idx_info *info);
+
+/* Checks a model file without reading the weights: that it is an HDF5 file, the root
+ * attributes (format "tfuse-model", format_version 1, architecture "vit", the vit_config
+ * fields, a valid configuration), and that every /params dataset exists, is floating point
+ * and has the shape the configuration implies. Values are not read, so NaN and infinite
+ * weights are found only when the model is loaded. On success *cfg receives the
+ * configuration. Returns TF_ERR_IO when the file is missing or unreadable, TF_ERR_FORMAT
+ * for malformed contents and TF_ERR_ARG for an invalid configuration, naming the file. */
+tf_status validate_model_file(const char *path, vit_config *cfg);
+
+#endif
