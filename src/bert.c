@@ -377,16 +377,16 @@ static void layernorm_backward(float *din, float *dg, float *db, const float *do
 static void gelu_forward(float *out, const float *in, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        out[i] = (float)(0.5 * in[i] * (1.0 + erf(in[i] * BERT_SQRT1_2)));
+        out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * (float)BERT_SQRT1_2));
 }
 
 static void gelu_backward(float *din, const float *dout, const float *in, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
-        double x = in[i];
-        double cdf = 0.5 * (1.0 + erf(x * BERT_SQRT1_2));
-        double pdf = exp(-0.5 * x * x) * BERT_INV_SQRT_2PI;
-        din[i] = (float)(dout[i] * (cdf + x * pdf));
+        float x = in[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)BERT_SQRT1_2));
+        float pdf = expf(-0.5f * x * x) * (float)BERT_INV_SQRT_2PI;
+        din[i] = dout[i] * (cdf + x * pdf);
     }
 }
 
@@ -561,8 +561,12 @@ static double head_forward(const bert_model *m, bert_acts *a, const float *x, in
         float mx = -FLT_MAX;
         for (int v = 0; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
         double s = 0;
-        for (int v = 0; v < V; v++) s += exp((double)lg[v] - mx);
-        for (int v = 0; v < V; v++) pr[v] = (float)(exp((double)lg[v] - mx) / s);
+        for (int v = 0; v < V; v++) {
+            pr[v] = expf(lg[v] - mx);
+            s += pr[v];
+        }
+        const float inv = (float)(1.0 / s);
+        for (int v = 0; v < V; v++) pr[v] *= inv;
         int y = a->labels[a->pred_pos[r]];
         if (y >= 0) loss += log(s) + mx - lg[y];
     }

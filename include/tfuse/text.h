@@ -1,10 +1,10 @@
 /* Text pipeline for the BERT model: a WordPiece-format tokenizer trained in C, a verse
  * corpus file split into training and held-out books, and fixed-length token sequences.
  *
- * Tokenizer: text is lowercased (ASCII) and split into words at whitespace; every ASCII
- * punctuation character is a word of its own. The vocabulary is learned by byte-pair merges
- * (the most frequent adjacent pair of pieces, weighted by word frequency, is merged until
- * the requested size is reached) and stored in WordPiece form: a piece that continues a word
+ * Tokenizer: text is lowercased (ASCII) and split into words at whitespace, and every ASCII
+ * punctuation character is a word of its own. The vocabulary is learned by byte-pair merges:
+ * the most frequent adjacent pair of pieces, weighted by word frequency, is merged until the
+ * requested size is reached. It is stored in WordPiece form, so a piece that continues a word
  * is written with the prefix "##". Encoding splits each word greedily into the longest
  * vocabulary pieces from the left; a word that cannot be split, or is longer than
  * TOK_MAX_WORD bytes, becomes [UNK]. A vocabulary file has one token per line, line i
@@ -21,7 +21,7 @@
 /* Special tokens, with fixed ids at the start of every vocabulary. */
 enum { TOK_PAD = 0, TOK_UNK = 1, TOK_CLS = 2, TOK_SEP = 3, TOK_MASK = 4, TOK_NUM_SPECIAL = 5 };
 
-/* Longest word, in bytes, that the tokenizer splits into pieces. */
+/* Maximum length in bytes of a word that the tokenizer splits into pieces. */
 #define TOK_MAX_WORD 100
 
 typedef struct {
@@ -29,7 +29,7 @@ typedef struct {
     char **tokens; /* (V) token strings, owned */
     int *slots;    /* private hash table of token ids, -1 where empty */
     int num_slots; /* a power of two */
-    int max_len;   /* longest token string, bytes */
+    int max_len;   /* maximum token length, bytes */
 } tok_vocab;
 
 /* Growable array of token ids. */
@@ -61,7 +61,7 @@ tf_status tok_encode(const tok_vocab *vocab, const char *text, tok_ids *out);
  * tokens are separated by one space. Returns a NUL-terminated string the caller frees with
  * free(), or NULL with TF_ERR_ARG or TF_ERR_NOMEM recorded. */
 char *tok_decode(const tok_vocab *vocab, const int *ids, int64_t count);
-/* The text as the tokenizer sees it: lowercased words separated by one space. For text
+/* Returns the text as the tokenizer splits it: lowercased words separated by one space. For text
  * without unknown words, tok_decode(tok_encode(text)) equals this. Caller frees. */
 char *tok_normalize(const char *text);
 /* Frees the array of out and zeroes it. */
@@ -83,8 +83,8 @@ typedef struct {
 extern const char *const corpus_default_heldout[];
 enum { CORPUS_DEFAULT_HELDOUT_COUNT = 5 };
 
-/* Reads a corpus file. Returns TF_ERR_IO if it cannot be read and TF_ERR_FORMAT with a
- * message naming the file and line for a line without three tab-separated fields, an empty
+/* Reads a corpus file. Returns TF_ERR_IO if it cannot be read. Returns TF_ERR_FORMAT, with a
+ * message naming the file and line, for a line without three tab-separated fields, an empty
  * book or text, a reference that is not "chapter:verse" with positive numbers, or a book
  * whose verses are not on consecutive lines. Caller frees with corpus_free. */
 tf_status corpus_load(const char *path, corpus **out);
@@ -110,8 +110,8 @@ typedef struct {
 
 /* Tokenizes the verses whose book has is_heldout[book] == want and packs consecutive
  * verses of the same book into sequences of seq_len tokens: [CLS], as many whole verses as
- * fit, [SEP], then [PAD]. A verse longer than seq_len - 2 tokens is cut into pieces that
- * fill whole sequences. Sequences never cross a book boundary. Caller frees with
+ * fit, [SEP], then [PAD]. A verse longer than seq_len - 2 tokens fills whole sequences, and
+ * its remaining tokens start the next one. Sequences never cross a book boundary. Caller frees with
  * text_seqs_free. */
 tf_status text_seqs_build(const corpus *c, const uint8_t *is_heldout, int want,
                           const tok_vocab *vocab, int seq_len, text_seqs **out);
