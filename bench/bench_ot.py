@@ -99,7 +99,7 @@ def main():
     parser.add_argument("--dim", type=int, default=64, help="dimension of the point clouds")
     args = parser.parse_args()
 
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     eps_list = [float(e) for e in args.eps.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,9 +131,10 @@ def main():
             for ranks in (1, 2):
                 dist.append(run_tfuse(args.exe, [path, "dist", args.dist_eps, args.tol], ranks))
 
-    print("| problem | shape | eps | POT s | tfuse s | POT / tfuse | iterations POT / tfuse "
-          "| objective rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    if rows:
+        print("| problem | shape | eps | POT s | tfuse s | POT / tfuse | iterations POT / tfuse "
+              "| objective rel. diff |")
+        print("|---|---|---|---|---|---|---|---|")
     for kind, shape, eps, ref, got in rows:
         its = f"{ref['iterations']} / {got['iterations']}" if kind == "sinkhorn" else "-"
         print(f"| {kind} | {shape} | {eps} | {ref['seconds']:.3f} | {got['seconds']:.3f} "
@@ -150,9 +151,11 @@ def main():
               f"| {one['iterations']} / {two['iterations']} "
               f"| {rel(two['objective'], one['objective']):.1e} |")
     print()
+    load = os.getloadavg()
     print(f"Run at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"POT {ot.__version__}, NumPy {np.__version__}, tolerance {args.tol}, "
-          f"point-cloud dimension {args.dim}.")
+          f"point-cloud dimension {args.dim}, load average at the end "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min).")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* BLACS and ScaLAPACK tools from libscalapack-openmpi, which ships no C header. */
 extern int Csys2blacs_handle(MPI_Comm comm);
@@ -203,6 +204,29 @@ static tf_status agree_status(MPI_Comm comm, tf_status st)
     return tf_error_set((tf_status)code, "%s", message);
 }
 
+/* In-place MPI_Allreduce that sleeps while it waits. A rank that finishes its sweep
+ * first would otherwise spin in MPI and burn the CPU time that the other ranks need on
+ * an oversubscribed node. It polls with MPI_Test for 50 microseconds, then sleeps
+ * between polls, from 20 microseconds doubling up to 200. Collective on comm. */
+static void dist_allreduce(void *buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm)
+{
+    int size = 1, done = 0;
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    if (size == 1) return;
+    MPI_Request request;
+    TF_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count, type, op, comm, &request));
+    double spin_until = tf_seconds() + 50e-6;
+    long pause_ns = 20000;
+    for (;;) {
+        TF_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+        if (done) return;
+        if (tf_seconds() < spin_until) continue;
+        struct timespec pause = {0, pause_ns};
+        nanosleep(&pause, NULL);
+        if (pause_ns < 200000) pause_ns *= 2;
+    }
+}
+
 typedef struct {
     const ot_grid *grid;
     MPI_Comm row_comm, col_comm;
@@ -233,11 +257,11 @@ static void dist_columns_exact(dist_state *s, double eps)
         for (int il = 0; il < s->rows; il++) mx = fmax(mx, s->f[il] - col[il]);
         s->colmax[jl] = mx;
     }
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->colmax, s->cols, MPI_DOUBLE, MPI_MAX, s->col_comm));
+    dist_allreduce(s->colmax, s->cols, MPI_DOUBLE, MPI_MAX, s->col_comm);
     for (int jl = 0; jl < s->cols; jl++)
         s->colsum[jl] = ot_exp_row_sum(s->rows, s->c + (int64_t)jl * s->lld, s->f, -s->colmax[jl],
                                        1.0 / eps, s->work);
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm));
+    dist_allreduce(s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm);
     for (int jl = 0; jl < s->cols; jl++)
         s->g[jl] = s->lb[jl] == -INFINITY
                        ? -INFINITY
@@ -254,7 +278,7 @@ static void dist_columns_reduced(dist_state *s, double eps)
                             ? 0.0
                             : ot_exp_row_sum(s->rows, s->c + (int64_t)jl * s->lld, s->f, s->g[jl],
                                              inv_eps, s->work);
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm));
+    dist_allreduce(s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm);
 
     int exact = 0;
     for (int jl = 0; jl < s->cols; jl++) {
@@ -289,7 +313,7 @@ static void dist_rows_exact(dist_state *s, double eps)
         for (int il = 0; il < s->rows; il++)
             s->rowmax[il] = fmax(s->rowmax[il], s->g[jl] - col[il]);
     }
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->rowmax, s->rows, MPI_DOUBLE, MPI_MAX, s->row_comm));
+    dist_allreduce(s->rowmax, s->rows, MPI_DOUBLE, MPI_MAX, s->row_comm);
     for (int jl = 0; jl < s->cols; jl++) {
         const double *col = s->c + (int64_t)jl * s->lld;
         for (int il = 0; il < s->rows; il++)
@@ -297,7 +321,7 @@ static void dist_rows_exact(dist_state *s, double eps)
         ot_exp_array(s->rows, s->work, s->work);
         ot_add_scaled(s->rows, 1.0, s->work, s->rowsum);
     }
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm));
+    dist_allreduce(s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm);
     for (int il = 0; il < s->rows; il++)
         s->f[il] = s->la[il] == -INFINITY
                        ? -INFINITY
@@ -324,9 +348,9 @@ static void dist_rows_update(dist_state *s, double eps)
  * process row. Every process column computes the same value from the same row sums. */
 static double dist_row_error(const dist_state *s)
 {
-    double local = 0.0, total = 0.0;
-    for (int il = 0; il < s->rows; il++) local += fabs(s->rowsum[il] - s->a[il]);
-    TF_MPI_CHECK(MPI_Allreduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, s->col_comm));
+    double total = 0.0;
+    for (int il = 0; il < s->rows; il++) total += fabs(s->rowsum[il] - s->a[il]);
+    dist_allreduce(&total, 1, MPI_DOUBLE, MPI_SUM, s->col_comm);
     return total;
 }
 
@@ -341,8 +365,7 @@ static int64_t dist_stage(dist_state *s, double eps, double tol, int64_t max_ite
             dist_columns_fused(s, eps);
         else
             dist_columns_reduced(s, eps);
-        TF_MPI_CHECK(
-            MPI_Allreduce(MPI_IN_PLACE, s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm));
+        dist_allreduce(s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm);
         it++;
         *err = dist_row_error(s);
         if (*err < tol) break;
@@ -364,8 +387,8 @@ static void dist_write_plan(dist_state *s, double eps, double *plan, double *obj
         ot_add_scaled(s->rows, 1.0, pcol, s->rowsum);
         for (int il = 0; il < s->rows; il++) local[0] += col[il] * pcol[il];
     }
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm));
+    dist_allreduce(s->colsum, s->cols, MPI_DOUBLE, MPI_SUM, s->col_comm);
+    dist_allreduce(s->rowsum, s->rows, MPI_DOUBLE, MPI_SUM, s->row_comm);
     if (s->grid->myrow == 0)
         for (int jl = 0; jl < s->cols; jl++) local[1] += fabs(s->colsum[jl] - s->b[jl]);
     if (s->grid->mycol == 0)
