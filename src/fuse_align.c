@@ -6,7 +6,10 @@
  * parent neurons: T_out = P diag(1/colsum), and W~ = T_out^T W. On the input side of the
  * consumer each parent input neuron passes its whole weight on: T_in = diag(1/rowsum) P,
  * and W^ = W T_in. With equal widths and uniform marginals both are n P; with unequal
- * widths only this pair keeps a widened network with duplicated neurons equivalent. */
+ * widths only this pair keeps a widened network with duplicated neurons equivalent.
+ *
+ * Which plan applies to which side of which tensor is data: an architecture lists its
+ * tensors (or row blocks of them) as fuse_entry records, and one loop applies them. */
 #include "fuse_internal.h"
 
 #include <cblas.h>
@@ -36,30 +39,31 @@ static double *normalize_plan(const double *plan, int n, int m, int output_side)
     return t;
 }
 
-/* out (ra, ca) = T_out^T (ra x rp)  W (rp, cp)  T_in (cp, ca), where out_plan is the
- * (rp, ra) plan of the rows and in_plan the (cp, ca) plan of the columns; a NULL plan is
- * the identity (then ra = rp or ca = cp). W is float; the product is formed in double. */
-tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
-                            const double *in_plan, int ca, float *out)
+/* out (ra, ca) = T_row^T W (rp, cp) T_col, where row_plan (rp, ra) is normalized for the
+ * output side and col_plan (cp, ca) for the input side, unless col_output says the columns
+ * are output-side neurons too (as the columns of position embeddings are). A NULL plan is
+ * the identity (then ra = rp or ca = cp). W is float; the products are formed in double. */
+static tf_status align_sides(const float *W, int rp, int cp, const double *row_plan, int ra,
+                             const double *col_plan, int ca, int col_output, float *out)
 {
     double *w = tf_malloc((size_t)rp * cp * sizeof(double));
     double *tmp = tf_malloc((size_t)rp * ca * sizeof(double));
     double *res = tf_malloc((size_t)ra * ca * sizeof(double));
-    double *t_in = in_plan ? normalize_plan(in_plan, cp, ca, 0) : NULL;
-    double *t_out = out_plan ? normalize_plan(out_plan, rp, ra, 1) : NULL;
+    double *t_col = col_plan ? normalize_plan(col_plan, cp, ca, col_output) : NULL;
+    double *t_row = row_plan ? normalize_plan(row_plan, rp, ra, 1) : NULL;
     tf_status st = TF_OK;
-    if (!w || !tmp || !res || (in_plan && !t_in) || (out_plan && !t_out)) {
+    if (!w || !tmp || !res || (col_plan && !t_col) || (row_plan && !t_row)) {
         st = TF_ERR_NOMEM;
         goto done;
     }
     for (int64_t k = 0; k < (int64_t)rp * cp; k++) w[k] = (double)W[k];
-    if (t_in)
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rp, ca, cp, 1.0, w, cp, t_in,
+    if (t_col)
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rp, ca, cp, 1.0, w, cp, t_col,
                     ca, 0.0, tmp, ca);
     else
         memcpy(tmp, w, (size_t)rp * cp * sizeof(double));
-    if (t_out)
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ra, ca, rp, 1.0, t_out, ra, tmp,
+    if (t_row)
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ra, ca, rp, 1.0, t_row, ra, tmp,
                     ca, 0.0, res, ca);
     else
         memcpy(res, tmp, (size_t)ra * ca * sizeof(double));
@@ -68,114 +72,137 @@ done:
     free(w);
     free(tmp);
     free(res);
-    free(t_in);
-    free(t_out);
+    free(t_col);
+    free(t_row);
     return st;
 }
 
-/* A vector over neurons (e.g. a bias or a LayerNorm gain) on the output side. */
-static tf_status align_vector(const float *v, int n, const double *plan, int m, float *out)
+tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
+                            const double *in_plan, int ca, float *out)
 {
-    return fuse_align_matrix(v, n, 1, plan, m, NULL, 1, out);
+    return align_sides(W, rp, cp, out_plan, ra, in_plan, ca, 0, out);
 }
 
-/* Parameters of layer l: Q, K and V blocks of the packed (3d, d) matrix. */
-static tf_status align_layer(const vit_model *pm, const fuse_maps *maps, int l, vit_model *am)
+const double *fuse_maps_get(const fuse_maps *maps, enum fuse_group group, int layer)
 {
-    const int dp = pm->cfg.d, da = am->cfg.d, fp = pm->cfg.mlp, fa = am->cfg.mlp;
-    const double *s_in = l == 0 ? maps->stream0 : maps->stream2[l - 1];
-    const double *s_mid = maps->stream1[l];
-    tf_status st = TF_OK;
-#define P(which) (pm->p[which])
-#define A(which) (am->p[which])
-    st = align_vector(P(VIT_LN1_G) + (int64_t)l * dp, dp, s_in, da, A(VIT_LN1_G) + (int64_t)l * da);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_LN1_B) + (int64_t)l * dp, dp, s_in, da,
-                          A(VIT_LN1_B) + (int64_t)l * da);
-    const double *qkv_maps[3] = {maps->qk[l], maps->qk[l], maps->v[l]};
-    for (int part = 0; st == TF_OK && part < 3; part++) {
-        const float *w = P(VIT_QKV_W) + ((int64_t)l * 3 * dp + (int64_t)part * dp) * dp;
-        float *wa = A(VIT_QKV_W) + ((int64_t)l * 3 * da + (int64_t)part * da) * da;
-        st = fuse_align_matrix(w, dp, dp, qkv_maps[part], da, s_in, da, wa);
-        if (st == TF_OK)
-            st = align_vector(P(VIT_QKV_B) + (int64_t)l * 3 * dp + (int64_t)part * dp, dp,
-                              qkv_maps[part], da,
-                              A(VIT_QKV_B) + (int64_t)l * 3 * da + (int64_t)part * da);
+    switch (group) {
+    case FUSE_GROUP_NONE: return NULL;
+    case FUSE_GROUP_STREAM0: return maps->stream0;
+    case FUSE_GROUP_EMBED: return maps->patch ? maps->patch : maps->stream0;
+    case FUSE_GROUP_POS: return maps->pos ? maps->pos : maps->stream0;
+    case FUSE_GROUP_QK: return maps->qk[layer];
+    case FUSE_GROUP_V: return maps->v[layer];
+    case FUSE_GROUP_ATTN_OUT: return maps->attn_out[layer];
+    case FUSE_GROUP_STREAM1: return maps->stream1[layer];
+    case FUSE_GROUP_FC1: return maps->fc1[layer];
+    case FUSE_GROUP_MLP_OUT: return maps->mlp_out[layer];
+    case FUSE_GROUP_STREAM2: return maps->stream2[layer];
+    case FUSE_GROUP_STREAM_IN: return layer == 0 ? maps->stream0 : maps->stream2[layer - 1];
+    case FUSE_GROUP_STREAM_FINAL: return maps->stream2[maps->layers - 1];
     }
-    if (st == TF_OK)
-        st = fuse_align_matrix(P(VIT_PROJ_W) + (int64_t)l * dp * dp, dp, dp, maps->attn_out[l], da,
-                          maps->v[l], da, A(VIT_PROJ_W) + (int64_t)l * da * da);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_PROJ_B) + (int64_t)l * dp, dp, maps->attn_out[l], da,
-                          A(VIT_PROJ_B) + (int64_t)l * da);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_LN2_G) + (int64_t)l * dp, dp, s_mid, da,
-                          A(VIT_LN2_G) + (int64_t)l * da);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_LN2_B) + (int64_t)l * dp, dp, s_mid, da,
-                          A(VIT_LN2_B) + (int64_t)l * da);
-    if (st == TF_OK)
-        st = fuse_align_matrix(P(VIT_FC1_W) + (int64_t)l * fp * dp, fp, dp, maps->fc1[l], fa, s_mid,
-                          da, A(VIT_FC1_W) + (int64_t)l * fa * da);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_FC1_B) + (int64_t)l * fp, fp, maps->fc1[l], fa,
-                          A(VIT_FC1_B) + (int64_t)l * fa);
-    if (st == TF_OK)
-        st = fuse_align_matrix(P(VIT_FC2_W) + (int64_t)l * dp * fp, dp, fp, maps->mlp_out[l], da,
-                          maps->fc1[l], fa, A(VIT_FC2_W) + (int64_t)l * da * fa);
-    if (st == TF_OK)
-        st = align_vector(P(VIT_FC2_B) + (int64_t)l * dp, dp, maps->mlp_out[l], da,
-                          A(VIT_FC2_B) + (int64_t)l * da);
-#undef P
-#undef A
-    return st;
+    return NULL;
+}
+
+tf_status fuse_apply_entries(const fuse_entry *entries, int count, const fuse_maps *maps)
+{
+    for (int i = 0; i < count; i++) {
+        const fuse_entry *e = &entries[i];
+        const double *row_plan = fuse_maps_get(maps, e->row_group, e->layer);
+        const double *col_plan = fuse_maps_get(maps, e->col_group, e->layer);
+        if ((e->row_group != FUSE_GROUP_NONE && !row_plan) ||
+            (e->col_group != FUSE_GROUP_NONE && !col_plan))
+            return tf_error_set(TF_ERR_ARG, "no transport map for tensor %s (layer %d)", e->name,
+                                e->layer);
+        tf_status st = align_sides(e->src, e->rows_p, e->cols_p, row_plan, e->rows_a, col_plan,
+                                   e->cols_a, e->col_output, e->dst);
+        if (st != TF_OK) return st;
+    }
+    return TF_OK;
+}
+
+/* Appends one entry; a slice starts `offset_p` / `offset_a` elements into the tensors. */
+static void add_entry(fuse_entry *list, int *count, const char *name, int layer,
+                      const float *src, float *dst, int rows_p, int rows_a, int cols_p,
+                      int cols_a, enum fuse_group row_group, enum fuse_group col_group,
+                      int col_output)
+{
+    list[(*count)++] = (fuse_entry){name, layer, src, dst, rows_p, rows_a, cols_p, cols_a,
+                                    row_group, col_group, col_output};
+}
+
+int fuse_vit_entries(const vit_model *pm, vit_model *am, fuse_entry *list)
+{
+    const vit_config *cp = &pm->cfg, *ca = &am->cfg;
+    const int dp = cp->d, da = ca->d, fp = cp->mlp, fa = ca->mlp;
+    const int T = vit_tokens(ca), P = vit_patch_values(ca), C = ca->classes;
+    int n = 0;
+#define SRC(which, off) (pm->p[which] + (off))
+#define DST(which, off) (am->p[which] + (off))
+    /* Embeddings: patch embedding and class token with the embedding map, position
+     * embeddings (T, d) with the position map on their columns. */
+    add_entry(list, &n, "patch_w", 0, SRC(VIT_PATCH_W, 0), DST(VIT_PATCH_W, 0), dp, da, P, P,
+              FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "patch_b", 0, SRC(VIT_PATCH_B, 0), DST(VIT_PATCH_B, 0), dp, da, 1, 1,
+              FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "cls", 0, SRC(VIT_CLS, 0), DST(VIT_CLS, 0), dp, da, 1, 1,
+              FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "pos", 0, SRC(VIT_POS, 0), DST(VIT_POS, 0), T, T, dp, da,
+              FUSE_GROUP_NONE, FUSE_GROUP_POS, 1);
+
+    /* Encoder layers: Q, K, V are row blocks of the packed (3d, d) matrix. */
+    for (int l = 0; l < ca->layers; l++) {
+        const int64_t lp = l, la = l;
+        add_entry(list, &n, "ln1_g", l, SRC(VIT_LN1_G, lp * dp), DST(VIT_LN1_G, la * da), dp, da,
+                  1, 1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln1_b", l, SRC(VIT_LN1_B, lp * dp), DST(VIT_LN1_B, la * da), dp, da,
+                  1, 1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
+        for (int part = 0; part < 3; part++) {
+            enum fuse_group g = part < 2 ? FUSE_GROUP_QK : FUSE_GROUP_V;
+            add_entry(list, &n, "qkv_w", l, SRC(VIT_QKV_W, (lp * 3 + part) * dp * dp),
+                      DST(VIT_QKV_W, (la * 3 + part) * da * da), dp, da, dp, da, g,
+                      FUSE_GROUP_STREAM_IN, 0);
+            add_entry(list, &n, "qkv_b", l, SRC(VIT_QKV_B, (lp * 3 + part) * dp),
+                      DST(VIT_QKV_B, (la * 3 + part) * da), dp, da, 1, 1, g, FUSE_GROUP_NONE, 0);
+        }
+        add_entry(list, &n, "proj_w", l, SRC(VIT_PROJ_W, lp * dp * dp), DST(VIT_PROJ_W, la * da * da),
+                  dp, da, dp, da, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_V, 0);
+        add_entry(list, &n, "proj_b", l, SRC(VIT_PROJ_B, lp * dp), DST(VIT_PROJ_B, la * da), dp,
+                  da, 1, 1, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln2_g", l, SRC(VIT_LN2_G, lp * dp), DST(VIT_LN2_G, la * da), dp, da,
+                  1, 1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln2_b", l, SRC(VIT_LN2_B, lp * dp), DST(VIT_LN2_B, la * da), dp, da,
+                  1, 1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "fc1_w", l, SRC(VIT_FC1_W, lp * fp * dp), DST(VIT_FC1_W, la * fa * da),
+                  fp, fa, dp, da, FUSE_GROUP_FC1, FUSE_GROUP_STREAM1, 0);
+        add_entry(list, &n, "fc1_b", l, SRC(VIT_FC1_B, lp * fp), DST(VIT_FC1_B, la * fa), fp, fa,
+                  1, 1, FUSE_GROUP_FC1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "fc2_w", l, SRC(VIT_FC2_W, lp * dp * fp), DST(VIT_FC2_W, la * da * fa),
+                  dp, da, fp, fa, FUSE_GROUP_MLP_OUT, FUSE_GROUP_FC1, 0);
+        add_entry(list, &n, "fc2_b", l, SRC(VIT_FC2_B, lp * dp), DST(VIT_FC2_B, la * da), dp, da,
+                  1, 1, FUSE_GROUP_MLP_OUT, FUSE_GROUP_NONE, 0);
+    }
+
+    /* Final LayerNorm with the last stream map; the classifier only on its input side. */
+    add_entry(list, &n, "lnf_g", 0, SRC(VIT_LNF_G, 0), DST(VIT_LNF_G, 0), dp, da, 1, 1,
+              FUSE_GROUP_STREAM_FINAL, FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "lnf_b", 0, SRC(VIT_LNF_B, 0), DST(VIT_LNF_B, 0), dp, da, 1, 1,
+              FUSE_GROUP_STREAM_FINAL, FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "head_w", 0, SRC(VIT_HEAD_W, 0), DST(VIT_HEAD_W, 0), C, C, dp, da,
+              FUSE_GROUP_NONE, FUSE_GROUP_STREAM_FINAL, 0);
+    add_entry(list, &n, "head_b", 0, SRC(VIT_HEAD_B, 0), DST(VIT_HEAD_B, 0), C, C, 1, 1,
+              FUSE_GROUP_NONE, FUSE_GROUP_NONE, 0);
+#undef SRC
+#undef DST
+    return n;
 }
 
 tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_model *aligned)
 {
-    const vit_config *cp = &parent->cfg, *ca = &aligned->cfg;
-    const int dp = cp->d, da = ca->d, T = vit_tokens(ca), C = ca->classes;
-    const int L = ca->layers;
-    const double *patch_map = maps->patch ? maps->patch : maps->stream0;
-    const double *pos_map = maps->pos ? maps->pos : maps->stream0;
-    const double *final_map = maps->stream2[L - 1];
-    tf_status st;
-
-    /* Embeddings: patch embedding and class token with the patch map, position
-     * embeddings (T, d) with the position map applied to their columns. */
-    st = fuse_align_matrix(parent->p[VIT_PATCH_W], dp, vit_patch_values(cp), patch_map, da, NULL,
-                      vit_patch_values(ca), aligned->p[VIT_PATCH_W]);
-    if (st == TF_OK)
-        st = align_vector(parent->p[VIT_PATCH_B], dp, patch_map, da, aligned->p[VIT_PATCH_B]);
-    if (st == TF_OK)
-        st = align_vector(parent->p[VIT_CLS], dp, patch_map, da, aligned->p[VIT_CLS]);
-    if (st == TF_OK) {
-        /* pos~ (T, da) = pos (T, dp) T_out: the transpose of aligning pos^T row-wise. */
-        double *t_out = normalize_plan(pos_map, dp, da, 1);
-        if (!t_out) return TF_ERR_NOMEM;
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < da; j++) {
-                double s = 0;
-                for (int i = 0; i < dp; i++)
-                    s += (double)parent->p[VIT_POS][(int64_t)t * dp + i] * t_out[(int64_t)i * da + j];
-                aligned->p[VIT_POS][(int64_t)t * da + j] = (float)s;
-            }
-        free(t_out);
-    }
-
-    /* Encoder layers. */
-    for (int l = 0; st == TF_OK && l < L; l++) st = align_layer(parent, maps, l, aligned);
-
-    /* Final LayerNorm with the last stream map; the classifier only on its input side. */
-    if (st == TF_OK)
-        st = align_vector(parent->p[VIT_LNF_G], dp, final_map, da, aligned->p[VIT_LNF_G]);
-    if (st == TF_OK)
-        st = align_vector(parent->p[VIT_LNF_B], dp, final_map, da, aligned->p[VIT_LNF_B]);
-    if (st == TF_OK)
-        st = fuse_align_matrix(parent->p[VIT_HEAD_W], C, dp, NULL, C, final_map, da,
-                          aligned->p[VIT_HEAD_W]);
-    if (st == TF_OK)
-        memcpy(aligned->p[VIT_HEAD_B], parent->p[VIT_HEAD_B], (size_t)C * sizeof(float));
+    fuse_entry *entries = tf_malloc((size_t)fuse_vit_entry_count(&aligned->cfg) * sizeof *entries);
+    if (!entries) return TF_ERR_NOMEM;
+    int count = fuse_vit_entries(parent, aligned, entries);
+    tf_status st = fuse_apply_entries(entries, count, maps);
+    free(entries);
     return st;
 }
 

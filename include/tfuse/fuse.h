@@ -79,6 +79,9 @@ typedef struct {
     enum fuse_norm norm;
     enum fuse_repair repair;       /* applied to the fused model after averaging */
     enum fuse_stream_features stream_features; /* features of the joint stream map */
+    int64_t ot_dist_threshold; /* Sinkhorn problems with n * m >= this are solved by all ranks
+                                  together with ot_sinkhorn_solve_auto; 0: never. Such plans
+                                  match the 1-rank ones only up to the Sinkhorn tolerance */
 } fuse_options;
 
 /* Defaults: exact OT, joint residual map, shared Q/K, all tokens, z-scored Euclidean
@@ -106,10 +109,58 @@ typedef struct {
 
 void fuse_maps_free(fuse_maps **maps);
 
+/* Groups of neurons that transport maps act on, as a tensor axis sees them. */
+enum fuse_group {
+    FUSE_GROUP_NONE = -1,  /* not aligned (raw inputs, classes, tokens) */
+    FUSE_GROUP_STREAM0,    /* stream after the embedding */
+    FUSE_GROUP_EMBED,      /* output of the patch or token embedding */
+    FUSE_GROUP_POS,        /* position embedding dimensions */
+    FUSE_GROUP_QK,         /* shared Q/K dimensions of a layer */
+    FUSE_GROUP_V,          /* V dimensions of a layer */
+    FUSE_GROUP_ATTN_OUT,   /* attention branch output of a layer */
+    FUSE_GROUP_STREAM1,    /* stream after a layer's attention join */
+    FUSE_GROUP_FC1,        /* MLP hidden neurons of a layer */
+    FUSE_GROUP_MLP_OUT,    /* MLP branch output of a layer */
+    FUSE_GROUP_STREAM2,    /* stream after a layer's MLP join */
+    FUSE_GROUP_STREAM_IN,  /* stream entering a layer: STREAM0 or the previous STREAM2 */
+    FUSE_GROUP_STREAM_FINAL /* stream after the last layer */
+};
+
+/* Returns the plan of a group at a layer (NULL for FUSE_GROUP_NONE); not owned. */
+const double *fuse_maps_get(const fuse_maps *maps, enum fuse_group group, int layer);
+
+/* One tensor, or a row block of one, and the groups its two axes belong to. The rows are
+ * aligned on the output side; the columns on the input side, or on the output side when
+ * col_output is set (e.g. position embeddings (T, d), whose columns are stream neurons). */
+typedef struct {
+    const char *name;
+    int layer;
+    const float *src; /* parent slice (rows_p, cols_p) */
+    float *dst;       /* aligned slice (rows_a, cols_a) */
+    int rows_p, rows_a, cols_p, cols_a;
+    enum fuse_group row_group, col_group;
+    int col_output;
+} fuse_entry;
+
+/* Moves every listed parent slice into the anchor's basis: dst = T_row^T src T_col. */
+tf_status fuse_apply_entries(const fuse_entry *entries, int count, const fuse_maps *maps);
+
+/* Lists the ViT's tensors as entries (parent pm, aligned am); returns the count, at most
+ * fuse_vit_entry_count. */
+int fuse_vit_entries(const vit_model *pm, vit_model *am, fuse_entry *list);
+static inline int fuse_vit_entry_count(const vit_config *c)
+{
+    return 8 + 16 * c->layers;
+}
+
 /* Collective on comm. Computes the activation statistics of the calibration images for
- * every parent against the anchor, sharded over the ranks of comm (rank r takes a
- * contiguous block of images), reduced with MPI_Allreduce; then solves every transport
- * problem and returns, for each parent p != anchor, maps[p] (maps[anchor] is NULL).
+ * every parent against the anchor: fixed chunks of 32 images, contiguous chunk ranges per
+ * rank, added with reduce_chunks_sum, so the sums do not depend on the rank count. Then
+ * solves the OT problems of every parent, spread over the ranks in units (the stream maps
+ * of a parent, the maps inside one layer of a parent, or all weight-based maps of a
+ * parent) balanced by an estimate of their cost, and broadcasts every plan, so every rank
+ * returns all maps, bitwise equal to a 1-rank run unless opt->ot_dist_threshold is set.
+ * Returns, for each parent p != anchor, maps[p] (maps[anchor] is NULL).
  * images: (S, channels, H, W) normalized calibration images, replicated on all ranks.
  * Caller frees each map with fuse_maps_free and the array with free. */
 tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
