@@ -233,6 +233,14 @@ tf_status vit_acts_create(const vit_config *cfg, int max_batch, vit_acts **out)
     if (max_batch <= 0)
         return tf_error_set(TF_ERR_ARG, "vit_acts_create: max_batch = %d, must be positive",
                             max_batch);
+    /* BLAS and the attention loops index B*T rows and B*h (image, head) pairs with int. */
+    int64_t max_rows = (int64_t)max_batch * vit_tokens(cfg);
+    int64_t max_pairs = (int64_t)max_batch * cfg->heads;
+    if (max_rows > INT32_MAX / 4 || max_pairs > INT32_MAX / 4)
+        return tf_error_set(TF_ERR_ARG,
+                            "vit_acts_create: max_batch = %d gives %lld token rows, too many for "
+                            "int indexing; use a smaller batch",
+                            max_batch, (long long)max_rows);
     vit_acts *a = tf_calloc(1, sizeof *a);
     vit_scratch *s = tf_calloc(1, sizeof *s);
     if (!a || !s) {
@@ -457,8 +465,8 @@ static void layer_backward(const vit_model *m, vit_acts *a, int l, const float *
 
 /* Backward of the head and final LayerNorm: fills s->dx (B, T, d) with dLoss/dres2[L-1],
  * nonzero only on class tokens, and the gradients of head and lnf. */
-static void head_backward(const vit_model *m, vit_acts *a, const int *labels,
-                          const float *targets, float *g)
+static void head_backward(const vit_model *m, vit_acts *a, const int *labels, const float *targets,
+                          float *g)
 {
     const vit_config *c = &m->cfg;
     vit_scratch *s = a->scratch;
@@ -469,7 +477,7 @@ static void head_backward(const vit_model *m, vit_acts *a, const int *labels,
      * or a given distribution. */
     for (int b = 0; b < B; b++) {
         for (int k = 0; k < C; k++) {
-            float t = targets ? targets[b * C + k] : (k == labels[b] ? 1.0f : 0.0f);
+            float t = targets ? targets[b * C + k] : (labels && k == labels[b] ? 1.0f : 0.0f);
             s->dlog[b * C + k] = (a->probs[b * C + k] - t) / B;
         }
     }

@@ -153,6 +153,8 @@ static void check_guards(void)
     /* Batch and label guards. */
     vit_acts *a = NULL;
     TU_CHECK(vit_acts_create(&good, 0, &a) == TF_ERR_ARG, "max_batch 0 accepted");
+    TU_CHECK(vit_acts_create(&good, 1 << 29, &a) == TF_ERR_ARG && !a,
+             "max_batch 2^29 (2^31 token rows) accepted");
     TU_CHECK(vit_acts_create(&good, 2, &a) == TF_OK, "acts_create: %s", tf_error_get());
     float images[2 * 2 * 64] = {0};
     int labels[2] = {0, 3};
