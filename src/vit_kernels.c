@@ -1,7 +1,7 @@
-/* ViT kernels. The loops are written so that GCC vectorizes them at -O3 (see the compile
- * options of this file in CMakeLists.txt): inner loops run over a contiguous axis without
- * reductions, and sums over the model width use LANES independent partial sums added in
- * a fixed order, so results stay bitwise reproducible. */
+/* ViT kernels, written so that GCC vectorizes them at -O3 (see the options of this file in
+ * CMakeLists.txt). Inner loops run over a contiguous axis without reductions. Sums over the
+ * model width use LANES partial sums added in a fixed order, so results stay bitwise
+ * reproducible. */
 #include "vit_kernels.h"
 
 #include <cblas.h>
@@ -187,9 +187,9 @@ void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n)
 }
 
 /* Attention runs on groups of LANES (batch, head) pairs at once. Each group is copied into
- * lane-minor arrays, (T, dh, LANES) for Q, K, V and (T, T, LANES) for the probabilities,
- * so every inner loop runs over the LANES pairs with no remainder and no reduction, whatever
- * T and d/h are. Pair p is image p / h, head p % h; lanes past the last pair hold zeros. */
+ * lane-minor arrays, (T, dh, LANES) for Q, K, V and (T, T, LANES) for the probabilities. Every
+ * inner loop then runs over the LANES pairs, with no remainder and no reduction whatever T and
+ * d/h are. Pair p is image p / h, head p % h, and lanes past the last pair hold zeros. */
 
 /* dst (T, dh, LANES) <- columns col + hd*dh .. + dh - 1 of src (B, T, stride), for pairs
  * p0 .. p0 + LANES - 1 of npairs. */
@@ -320,9 +320,9 @@ typedef struct {
     float *q, *k, *v, *dy, *dq, *dk, *dv, *prob, *ds;
 } attention_group;
 
-/* out (n, dh, LANES) <- sum over m of w[m, n] * x[m, i] per lane (w transposed) or of
- * w[n, m] * x[m, i] (not transposed); w (n, n, LANES), x (n, dh, LANES). Accumulating in
- * registers over m keeps the inner loop free of stores. */
+/* out[r, i] = sum over m of w[m, r] x[m, i] (transpose_w) or w[r, m] x[m, i], per lane;
+ * out, x (n, dh, LANES), w (n, n, LANES). Accumulating in registers over m keeps the inner
+ * loop free of stores. */
 static void lanes_matmul(float *restrict out, const float *restrict w, const float *restrict x,
                          int n, int dh, int transpose_w)
 {

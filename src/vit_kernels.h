@@ -12,9 +12,9 @@
 void vit_linear_forward(float *y, const float *x, const float *w, const float *b,
                         const float *residual, int64_t rows, int in, int out);
 
-/* Backward of vit_linear_forward for upstream gradient dy (rows, out): dw (out, in) and
- * db (out) are overwritten; dx (rows, in) is overwritten unless NULL, or accumulated into
- * when accumulate is nonzero. */
+/* Backward of vit_linear_forward for the upstream gradient dy (rows, out). dw (out, in) and
+ * db (out, or NULL) are overwritten. dx (rows, in, or NULL) is overwritten, or accumulated
+ * into when accumulate is nonzero. */
 void vit_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, int64_t rows, int in, int out, int accumulate);
 
@@ -35,9 +35,9 @@ void vit_gelu_forward(float *y, float *dydx, const float *x, int64_t n);
 /* dx = dy * dydx, in place over dy allowed. dx, dy, dydx (n). */
 void vit_gelu_backward(float *dx, const float *dy, const float *dydx, int64_t n);
 
-/* Multi-head self-attention core. qkv (B, T, 3*d) with Q, K, V blocks of width d and head k
- * owning columns k*d/h..(k+1)*d/h-1 of each block; att (B, h, T, T) receives the softmax
- * probabilities; y (B, T, d) receives the heads concatenated. work needs
+/* Multi-head self-attention core. qkv (B, T, 3*d) holds the Q, K, V blocks of width d, and
+ * head k owns columns k*d/h..(k+1)*d/h-1 of each block. att (B, h, T, T) receives the
+ * softmax probabilities and y (B, T, d) the heads concatenated. work needs
  * vit_attention_work(T, d, h) floats. */
 void vit_attention_forward(float *y, float *att, const float *qkv, int batch, int tokens, int d,
                            int heads, float *work);

@@ -1,6 +1,6 @@
-/* AdamW update against values worked out by hand and against a double-precision
- * transcription of the textbook rule (bias-corrected moments, decoupled decay); the
- * warmup-plus-cosine schedule at its landmarks. */
+/* Checks the AdamW update against values worked out by hand and against a double-precision
+ * transcription of the textbook rule with bias-corrected moments and decoupled decay. Also
+ * checks the warmup-plus-cosine schedule at its landmarks. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
-/* Training sanity check: a small ViT trained with AdamW on a learnable synthetic task (the
- * class is the position of the one bright patch among 9, under Gaussian noise) must bring
- * the loss well below ln 9 and classify held-out images almost perfectly. */
+/* Training sanity check on a learnable synthetic task: the class is the position of the one
+ * bright patch among 9, under Gaussian noise. A small ViT trained with AdamW must bring the
+ * loss well below ln 9 and classify held-out images almost perfectly. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -8,9 +8,9 @@ layers, heads, mlp, classes), int32 batch, float64 ln_eps, int64 num_params, num
 float32 parameters in tfuse's layout, batch*channels*image_size^2 float32 images, batch int32
 labels.
 
-OUTPUT: records of a 32-byte NUL-padded name, an int64 count and count float64 values:
-logits, loss, one gradient record per parameter tensor named as in vit_param_name, and the
-activations x0, ln1, qkv, att, atty, res1, ln2, fc1, res2 (all layers), lnf.
+OUTPUT: records, each a 32-byte NUL-padded name, an int64 count and count float64 values.
+The records are logits, loss, one gradient per parameter tensor named as in vit_param_name,
+and the activations x0, ln1, qkv, att, atty, res1, ln2, fc1, res2 (all layers) and lnf.
 """
 import struct
 import sys
