@@ -8,13 +8,13 @@
 
 #include "vit_kernels.h"
 
-/* Backward-pass workspace behind vit_acts.scratch. */
+/* Workspace behind vit_acts.scratch; the forward pass fills dgelu and uses emb and work. */
 typedef struct {
     float *dx;    /* (B, T, d) gradient of the residual stream */
     float *dln;   /* (B, T, d) gradient of a LayerNorm output or of atty */
     float *dwide; /* (B, T, max(3*d, f)) gradient of qkv or of the MLP hidden layer */
     float *emb;   /* (B, N, d) patch embeddings, then their gradient */
-    float *cls;   /* (B, d) final-layer class tokens, then their gradient */
+    float *cls;   /* (B, d) class tokens entering the final LayerNorm */
     float *dlnf;  /* (B, d) gradient of the final LayerNorm output */
     float *dlog;  /* (B, C) gradient of the logits */
     float *dgelu; /* (L, B, T, f) GELU derivative at fc1 */

@@ -113,7 +113,7 @@ typedef struct {
     float *lnf_rstd;  /* (B) */
     float *logits;    /* (B, C) */
     float *probs;     /* (B, C) softmax of logits */
-    void *scratch;    /* backward-pass workspace, private */
+    void *scratch;    /* forward and backward workspace, private */
 } vit_acts;
 
 /* Allocates activations for batches up to max_batch. Caller frees with vit_acts_free. */
