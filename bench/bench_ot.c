@@ -3,7 +3,7 @@
  * Usage: bench_ot FILE emd
  *        bench_ot FILE sinkhorn EPSILON TOLERANCE
  *        mpirun -n P bench_ot FILE dist EPSILON TOLERANCE
- * FILE holds int32 n, int32 m, then the (n, m) cost as row-major float64; marginals are
+ * FILE contains int32 n, int32 m, then the (n, m) cost as row-major float64; marginals are
  * uniform. Prints one JSON object on rank 0: seconds (solver only, without reading or
  * scattering the cost), objective, iterations, marginal error and a checksum of the plan
  * (sum of P_ij * (i + 1)) for comparison with POT's. */

@@ -136,20 +136,21 @@ def main():
               "| objective rel. diff |")
         print("|---|---|---|---|---|---|---|---|")
     for kind, shape, eps, ref, got in rows:
-        its = f"{ref['iterations']} / {got['iterations']}" if kind == "sinkhorn" else "-"
+        iterations = f"{ref['iterations']} / {got['iterations']}" if kind == "sinkhorn" else "-"
         print(f"| {kind} | {shape} | {eps} | {ref['seconds']:.3f} | {got['seconds']:.3f} "
-              f"| {ref['seconds'] / got['seconds']:.1f} | {its} "
+              f"| {ref['seconds'] / got['seconds']:.1f} | {iterations} "
               f"| {rel(got['objective'], ref['objective']):.1e} |")
     if dist:
         print()
         print("| distributed Sinkhorn | shape | eps | 1 rank s | 2 ranks s | speedup "
               "| iterations | objective rel. diff |")
         print("|---|---|---|---|---|---|---|---|")
-        one, two = dist
-        print(f"| dist | {args.dist_n}x{args.dist_n} | {args.dist_eps} | {one['seconds']:.3f} "
-              f"| {two['seconds']:.3f} | {one['seconds'] / two['seconds']:.2f} "
-              f"| {one['iterations']} / {two['iterations']} "
-              f"| {rel(two['objective'], one['objective']):.1e} |")
+        one_rank, two_ranks = dist
+        print(f"| dist | {args.dist_n}x{args.dist_n} | {args.dist_eps} "
+              f"| {one_rank['seconds']:.3f} | {two_ranks['seconds']:.3f} "
+              f"| {one_rank['seconds'] / two_ranks['seconds']:.2f} "
+              f"| {one_rank['iterations']} / {two_ranks['iterations']} "
+              f"| {rel(two_ranks['objective'], one_rank['objective']):.1e} |")
     print()
     load = os.getloadavg()
     print(f"Run at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "

@@ -289,7 +289,7 @@ static void dist_columns_reduced(dist_state *s, double eps)
         else
             exact = 1;
     }
-    /* Every rank of the column communicator holds the same sums, so all agree here. */
+    /* Every rank of the column communicator has the same sums, so all agree here. */
     if (exact) dist_columns_exact(s, eps);
 
     memset(s->rowsum, 0, (size_t)s->rows * sizeof(double));

@@ -25,9 +25,9 @@ static inline double ot_marginal_at(const double *mu, int64_t i, int64_t n)
     return mu ? mu[i] : 1.0 / (double)n;
 }
 
-/* Computes out[j] = exp(x[j]) for j < len, to about 2 ulp. Arguments below -708 give 0 and
- * arguments above 709.7 give +inf; NaN is not supported. Vectorized with AVX2 or AVX-512
- * when the compiler targets them. */
+/* Computes out[j] = exp(x[j]) for j < len, to about 2 ulp. Arguments below -708 give 0,
+ * arguments above 709 give +inf, and NaN is not supported. Vectorized with AVX2 or
+ * AVX-512 when the compiler targets them. */
 void ot_exp_array(int64_t len, const double *x, double *out);
 
 /* Shapes: row (m), g (m), out (m). Writes out_j = exp((shift + g_j - row_j) * inv_eps)
@@ -39,9 +39,9 @@ double ot_exp_row_sum(int64_t m, const double *row, const double *g, double shif
 void ot_add_scaled(int64_t m, double alpha, const double *x, double *y);
 
 /* One fused Sinkhorn row sweep over a block of rows of the cost.
- * Shapes: cost (rows, m) row-major with leading dimension ld; f (rows) and g (m) are the
- * dual potentials in cost units; la (rows) is log of the row marginal, or -inf for a row
- * of zero mass; colsum (m) is accumulated, not cleared; work (m) is scratch.
+ * Shapes: cost (rows, m) row-major with leading dimension ld, f (rows) and g (m) dual
+ * potentials in cost units, la (rows) the log of the row marginal (-inf for a row of
+ * zero mass), colsum (m) accumulated and not cleared, work (m) scratch.
  * For each row i it computes r_i = sum_j exp((f_i + g_j - C_ij) / eps), replaces f_i by
  * the value that makes the row sum of the plan equal exp(la_i), and adds the updated
  * plan row to colsum. Returns sum_i |r_i - exp(la_i)|, the L1 row-marginal error of the

@@ -82,8 +82,8 @@ static const double exp_coef[12] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 /
                                     1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,
                                     1.0 / 24.0,         1.0 / 6.0,         1.0 / 2.0};
 
-/* exp of 4 lanes: x = k ln2 + r, exp(x) = 2^k p(r), with 2^k built in the exponent bits;
- * the clamp keeps k in [-1021, 1023]. */
+/* exp of 4 lanes: x = k ln2 + r and exp(x) = 2^k p(r), with 2^k built in the exponent
+ * bits. The clamp keeps k in [-1021, 1023]. */
 static inline __m256d exp_vec4(__m256d x)
 {
     __m256d xc = _mm256_max_pd(_mm256_min_pd(x, _mm256_set1_pd(709.0)), _mm256_set1_pd(-708.0));

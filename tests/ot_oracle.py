@@ -1,4 +1,4 @@
-"""Write OT test problems and POT's answers for tests/test_ot_oracle.c.
+"""Write OT test problems and POT's solutions for tests/test_ot_oracle.c.
 
 Run with /usr/bin/python3 (NumPy and POT 0.8.2). Usage: ot_oracle.py OUTDIR
 

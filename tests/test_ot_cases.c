@@ -31,12 +31,13 @@ static void euclidean_cost(tf_rng *rng, int n, int m, int dim, double *cost)
     free(x);
 }
 
-/* Checks that status is TF_ARG and the message contains needle. */
-static void expect_arg_error(const char *what, tf_status st, const char *needle)
+/* Checks that st is TF_ERR_ARG and that the error message contains needle. */
+static void expect_arg_error(const char *label, tf_status st, const char *needle)
 {
-    TU_CHECK(st == TF_ERR_ARG, "%s: status %s, expected invalid argument", what, tf_status_str(st));
+    TU_CHECK(st == TF_ERR_ARG, "%s: status %s, expected invalid argument", label,
+             tf_status_str(st));
     TU_CHECK(strstr(tf_error_get(), needle) != NULL, "%s: message \"%s\" does not name \"%s\"",
-             what, tf_error_get(), needle);
+             label, tf_error_get(), needle);
 }
 
 static void test_bad_input(void)
@@ -185,7 +186,8 @@ static void test_small_epsilon(int n, int scaling, double tolerance)
     free(plan);
 }
 
-/* A cap of 3 iterations cannot reach 1e-12: status says so and the plan stays finite. */
+/* A cap of 3 iterations cannot reach 1e-12, so the status must report it and the plan
+ * must stay finite. */
 static void test_not_converged(void)
 {
     enum { N = 40 };
@@ -216,7 +218,12 @@ static void test_exp(void)
     static double x[LEN], got[LEN], want[LEN];
     for (int k = 0; k < LEN; k++) {
         x[k] = -720.0 + 1440.0 * k / (LEN - 1) + 1e-3 * (k % 7);
-        want[k] = x[k] < -708.0 ? 0.0 : x[k] > 709.0 ? INFINITY : exp(x[k]);
+        if (x[k] < -708.0)
+            want[k] = 0.0;
+        else if (x[k] > 709.0)
+            want[k] = INFINITY;
+        else
+            want[k] = exp(x[k]);
     }
     ot_exp_array(LEN, x, got);
     int64_t inf_mismatch = 0;

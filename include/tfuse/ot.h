@@ -60,9 +60,9 @@ tf_status ot_sinkhorn_solve(int n, int m, const double *cost, const double *mu, 
 
 /* ---- Distributed Sinkhorn ---------------------------------------------------------
  * The cost and the plan are (n, m) matrices distributed block-cyclically over a BLACS
- * process grid as in ScaLAPACK: a 9-integer array descriptor (from descinit) and, on
- * each rank, a column-major local array with leading dimension desc[8]. Marginals are
- * replicated on every rank. */
+ * process grid as in ScaLAPACK. A 9-integer array descriptor (from descinit) describes
+ * the layout, and each rank stores a column-major local array with leading dimension
+ * desc[8]. Marginals are replicated on every rank. */
 
 /* A BLACS process grid over an MPI communicator, with the rank's place in it. */
 typedef struct {
@@ -79,12 +79,13 @@ tf_status ot_grid_create(MPI_Comm comm, ot_grid **grid);
 void ot_grid_free(ot_grid **grid);
 
 /* Fills desc for an (n, m) matrix on grid with square blocks of size block, source
- * process (0, 0), and writes this rank's local row and column counts. Local */
+ * process (0, 0), and writes this rank's local row and column counts. Not collective. */
 tf_status ot_dist_desc(const ot_grid *grid, int n, int m, int block, int desc[9], int *local_rows,
                        int *local_cols);
 
 /* Copies this rank's entries of full (n, m) row-major, present on every rank, into
- * local (column-major, leading dimension desc[8]). Local; desc from the same grid. */
+ * local (column-major, leading dimension desc[8]). desc must come from the same grid.
+ * Not collective. */
 void ot_dist_scatter(const ot_grid *grid, const int desc[9], const double *full, double *local);
 
 /* Gathers a distributed (n, m) matrix into full (n, m) row-major on every rank of
@@ -96,7 +97,7 @@ tf_status ot_dist_gather(const ot_grid *grid, const int desc[9], const double *l
  * plan_local with the same layout. Collective on grid->comm; every rank returns the
  * same status, message and info. Per iteration the row and column sums of the plan
  * are reduced over the grid's row and column communicators. The iteration updates
- * the column potentials first, so the stopping rule checks the L1 row error; at
+ * the column potentials first, so the stopping rule checks the L1 row error. At
  * convergence the plan equals ot_sinkhorn_solve's up to the tolerance. */
 tf_status ot_sinkhorn_solve_dist(const ot_grid *grid, const int desc[9], const double *cost_local,
                                  const double *mu, const double *nu, const ot_sinkhorn_options *opt,
