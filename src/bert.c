@@ -179,7 +179,7 @@ void bert_model_init(bert_model *model, uint64_t seed)
         float *p = model->p[i];
         int64_t n = model->size[i];
         if (bert_param_decays(i) || i == BERT_POS_EMB) {
-            for (int64_t k = 0; k < n; k++) p[k] = truncated_normal(&rng, 0.02);
+            for (int64_t k = 0; k < n; k++) p[k] = truncated_normal(&rng, BERT_INIT_STD);
         } else if (i == BERT_EMB_LN_G || i == BERT_LN1_G || i == BERT_LN2_G ||
                    i == BERT_HEAD_LN_G) {
             for (int64_t k = 0; k < n; k++) p[k] = 1.0f;

@@ -124,8 +124,8 @@ int main(int argc, char **argv)
            "(unigram loss %.3f)\n",
            first, held, acc, count, log(CYCLE));
     TU_CHECK(first > 2.5, "initial loss %.3f is near log V = %.3f", first, log(small.vocab));
-    TU_CHECK(held < 0.5, "held-out loss %.3f is below 0.5", held);
-    TU_CHECK(acc > 0.85, "held-out accuracy %.3f is above 0.85", acc);
+    TU_CHECK(held < 0.8, "held-out loss %.3f is below 0.8", held);
+    TU_CHECK(acc > 0.75, "held-out accuracy %.3f is above 0.75", acc);
 
     free(ids);
     free(labels);

@@ -87,7 +87,13 @@ int bert_param_decays(int which);
 tf_status bert_model_create(const bert_config *cfg, bert_model **out);
 /* Frees the model and sets *model to NULL; accepts NULL. */
 void bert_model_free(bert_model **model);
-/* Initializes parameters: matrices, token and position embeddings from N(0, 0.02^2)
+/* Standard deviation of the initial weights. BERT uses 0.02 at width 768. NOTE: with
+ * bert_config_default, batch 32 and peak learning rate 3e-3 on the Bible corpus, a 0.02 start
+ * stayed at the unigram held-out loss for 360 steps, while 0.06 was clearly below it by step
+ * 180. These are single runs, so the value is a measured choice, not a tuned optimum. */
+#define BERT_INIT_STD 0.06
+
+/* Initializes parameters: matrices, token and position embeddings from N(0, BERT_INIT_STD^2)
  * truncated at 2 sigma, biases 0, LayerNorm gains 1. Deterministic in `seed`. */
 void bert_model_init(bert_model *model, uint64_t seed);
 /* Copies all parameters of src into dst; configurations must match. */
