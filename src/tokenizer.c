@@ -575,6 +575,9 @@ tf_status tok_train(const char *const *texts, int64_t count, int vocab_size, tok
 
     /* distinct words, the single-character alphabet, then merges */
     if (st == TF_OK) st = words_collect(&w, texts, count);
+    if (st == TF_OK && w.num == 0)
+        st = tf_error_set(TF_ERR_ARG, "tok_train: the %lld training texts contain no words",
+                          (long long)count);
     if (st == TF_OK) st = words_split_chars(&w, v, vocab_size);
     if (st == TF_OK) st = merge_until(&w, v, vocab_size);
     if (st == TF_OK)

@@ -53,6 +53,9 @@ static void check_training_by_hand(void)
     TU_CHECK(strstr(tf_error_get(), "at least 8") != NULL, "message gives the minimum: %s",
              tf_error_get());
     TU_CHECK(v == NULL, "no vocabulary on failure");
+    const char *blank[] = {"  \t ", ""};
+    TU_CHECK(tok_train(blank, 2, 50, &v) == TF_ERR_ARG, "texts without words rejected");
+    TU_CHECK(v == NULL, "no vocabulary from texts without words");
 }
 
 /* The classic WordPiece example and punctuation, on a vocabulary file written by hand. */

@@ -40,8 +40,8 @@ typedef struct {
 
 /* Trains a vocabulary of at most vocab_size tokens on count texts. Training stops earlier
  * if no pair of pieces occurs twice. Deterministic: the same texts give the same
- * vocabulary. Returns TF_ERR_ARG if vocab_size cannot hold the special and single-character
- * tokens. Caller frees *out with tok_vocab_free. */
+ * vocabulary. Returns TF_ERR_ARG if the texts contain no words or vocab_size cannot hold
+ * the special and single-character tokens. Caller frees *out with tok_vocab_free. */
 tf_status tok_train(const char *const *texts, int64_t count, int vocab_size, tok_vocab **out);
 /* Writes the vocabulary to path, one token per line. */
 tf_status tok_vocab_save(const tok_vocab *vocab, const char *path);
