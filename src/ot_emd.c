@@ -198,22 +198,23 @@ static void jv_augmenting_row_reduction(jv_state *s)
     }
 }
 
-/* Finds the minimum distance over collist[up..n) and moves the columns that attain it to
- * the front of that range, advancing *up past them. Returns the minimum. */
-static double jv_collect_minimum(jv_state *s, int low, int *up)
+/* Finds the minimum of d over the columns collist[up..len) and moves the columns that
+ * attain it to the front of that range, advancing *up past them. A new lower minimum
+ * restarts the range at low. Returns the minimum. d (len), collist (len). */
+static double collect_minimum(int len, const double *d, int *collist, int low, int *up)
 {
-    int n = s->n, u = *up;
-    double dmin = s->d[s->collist[u++]];
-    for (int k = u; k < n; k++) {
-        int j = s->collist[k];
-        double h = s->d[j];
+    int u = *up;
+    double dmin = d[collist[u++]];
+    for (int k = u; k < len; k++) {
+        int j = collist[k];
+        double h = d[j];
         if (h <= dmin) {
             if (h < dmin) {
                 u = low;
                 dmin = h;
             }
-            s->collist[k] = s->collist[u];
-            s->collist[u++] = j;
+            collist[k] = collist[u];
+            collist[u++] = j;
         }
     }
     *up = u;
@@ -237,7 +238,7 @@ static int jv_shortest_path(jv_state *s, int f, int *last, double *dmin_out)
     for (;;) {
         if (up == low) {
             *last = low - 1;
-            dmin = jv_collect_minimum(s, low, &up);
+            dmin = collect_minimum(n, s->d, s->collist, low, &up);
             for (int k = low; k < up; k++) {
                 if (s->y[s->collist[k]] < 0) {
                     *dmin_out = dmin;
@@ -330,41 +331,182 @@ done:
     return st;
 }
 
-/* Uniform marginals with max(n, m) a multiple of min(n, m): replicates each row (or
- * column) of the smaller side k times and solves the assignment problem of size
- * max(n, m). cost (n, m); plan (n, m) zeroed by the caller. */
+/* Assignment with column capacities: every one of n rows goes to one of m columns and
+ * every column takes exactly cap = n / m rows. This is the uniform n x m problem without
+ * replicating columns, which would create ties that stall the augmenting row reduction.
+ * Rows are added one at a time by shortest augmenting paths over the columns (successive
+ * shortest paths), with the invariant that each assigned row sits at a column of minimum
+ * reduced cost c_ij - v_j. */
+typedef struct {
+    int n, m, cap;
+    const double *c; /* (n, m) row-major */
+    int *x;          /* (n) column of row i, -1 if unassigned */
+    int *count;      /* (m) rows assigned to column j */
+    int *members;    /* (m, cap) rows of column j in members[j * cap .. + count[j]) */
+    double *v;       /* (m) column duals */
+    double *d;       /* (m) shortest path distances */
+    int *pred;       /* (m) row through which column j was reached */
+    int *collist;    /* (m) */
+} cap_state;
+
+/* Relaxes all unscanned columns collist[up..m) through row i of scanned column j1 at
+ * distance dmin. Returns a column with spare capacity at distance dmin, or -1. */
+static int cap_relax_row(cap_state *s, int i, int j1, double dmin, int *up)
+{
+    const double *row = s->c + (int64_t)i * s->m;
+    double u1 = row[j1] - s->v[j1] - dmin;
+    for (int k = *up; k < s->m; k++) {
+        int j = s->collist[k];
+        double h = row[j] - s->v[j] - u1;
+        if (h >= s->d[j]) continue;
+        s->d[j] = h;
+        s->pred[j] = i;
+        if (h <= dmin) {
+            if (s->count[j] < s->cap) return j;
+            s->collist[k] = s->collist[*up];
+            s->collist[(*up)++] = j;
+        }
+    }
+    return -1;
+}
+
+/* Shortest augmenting path from unassigned row f to a column with spare capacity.
+ * Returns that column; sets *last to the number of scanned columns minus one and *dmin to
+ * the path length. */
+static int cap_shortest_path(cap_state *s, int f, int *last, double *dmin_out)
+{
+    const double *crow = s->c + (int64_t)f * s->m;
+    for (int j = 0; j < s->m; j++) {
+        s->d[j] = crow[j] - s->v[j];
+        s->pred[j] = f;
+        s->collist[j] = j;
+    }
+    int low = 0, up = 0;
+    double dmin = 0.0;
+    for (;;) {
+        if (up == low) {
+            *last = low - 1;
+            dmin = collect_minimum(s->m, s->d, s->collist, low, &up);
+            for (int k = low; k < up; k++) {
+                if (s->count[s->collist[k]] < s->cap) {
+                    *dmin_out = dmin;
+                    return s->collist[k];
+                }
+            }
+        }
+        int j1 = s->collist[low++];
+        for (int t = 0; t < s->count[j1]; t++) {
+            int end = cap_relax_row(s, s->members[(int64_t)j1 * s->cap + t], j1, dmin, &up);
+            if (end >= 0) {
+                *last = low - 1;
+                *dmin_out = dmin;
+                return end;
+            }
+        }
+    }
+}
+
+/* Moves row i from its column (if any) to column j. */
+static void cap_move(cap_state *s, int i, int j)
+{
+    int old = s->x[i];
+    if (old >= 0) {
+        int *list = s->members + (int64_t)old * s->cap;
+        int t = 0;
+        while (list[t] != i) t++;
+        list[t] = list[--s->count[old]];
+    }
+    s->members[(int64_t)j * s->cap + s->count[j]++] = i;
+    s->x[i] = j;
+}
+
+/* Adds row f: finds the path, updates the duals of the scanned columns, then shifts each
+ * row on the path to the next column. */
+static void cap_add_row(cap_state *s, int f)
+{
+    int last = -1;
+    double dmin = 0.0;
+    int end = cap_shortest_path(s, f, &last, &dmin);
+    for (int k = 0; k <= last; k++) {
+        int j = s->collist[k];
+        s->v[j] += s->d[j] - dmin;
+    }
+    for (;;) {
+        int i = s->pred[end];
+        int next = s->x[i];
+        cap_move(s, i, end);
+        if (i == f) break;
+        end = next;
+    }
+}
+
+/* Solves the capacitated assignment problem. c (n, m) row-major with n = cap * m; writes
+ * the column of each row into x (n). */
+static tf_status cap_solve(int n, int m, const double *c, int *x)
+{
+    tf_status st = TF_OK;
+    cap_state s = {.n = n, .m = m, .cap = n / m, .c = c, .x = x};
+    s.count = tf_calloc((size_t)m, sizeof(int));
+    s.members = tf_malloc((size_t)n * sizeof(int));
+    s.v = tf_calloc((size_t)m, sizeof(double));
+    s.d = tf_malloc((size_t)m * sizeof(double));
+    s.pred = tf_malloc((size_t)m * sizeof(int));
+    s.collist = tf_malloc((size_t)m * sizeof(int));
+    if (!s.count || !s.members || !s.v || !s.d || !s.pred || !s.collist) {
+        st = TF_ERR_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < n; i++) x[i] = -1;
+    for (int i = 0; i < n; i++) cap_add_row(&s, i);
+
+done:
+    free(s.count);
+    free(s.members);
+    free(s.v);
+    free(s.d);
+    free(s.pred);
+    free(s.collist);
+    return st;
+}
+
+/* Uniform marginals with max(n, m) a multiple of min(n, m). Square problems go to
+ * Jonker-Volgenant. Otherwise the larger side's points each take one unit and the smaller
+ * side's take k = max / min units (the cost is transposed first when m > n). cost (n, m);
+ * plan (n, m) zeroed by the caller. */
 static tf_status emd_uniform(int n, int m, const double *cost, double mass, double *plan)
 {
     int size = n > m ? n : m;
-    int k = n > m ? n / m : m / n;
     double entry = mass / size;
-    const double *c = cost;
-    double *expanded = NULL;
     int *x = tf_malloc((size_t)size * sizeof(int));
+    double *transposed = NULL;
     if (!x) return TF_ERR_NOMEM;
 
-    /* Replicated cost (size, size): row r, column t reads cost[r / kr, t / kc]. */
-    if (n != m) {
-        expanded = tf_malloc((size_t)size * size * sizeof(double));
-        if (!expanded) {
+    tf_status st;
+    if (n == m) {
+        st = jv_solve(n, cost, x);
+    } else if (n > m) {
+        st = cap_solve(n, m, cost, x);
+    } else {
+        /* Transposed cost (m, n): rows are the columns of the problem. */
+        transposed = tf_malloc((size_t)n * m * sizeof(double));
+        if (!transposed) {
             free(x);
             return TF_ERR_NOMEM;
         }
-        int kr = n < m ? k : 1, kc = m < n ? k : 1;
-        for (int r = 0; r < size; r++) {
-            const double *src = cost + (int64_t)(r / kr) * m;
-            double *dst = expanded + (int64_t)r * size;
-            for (int t = 0; t < size; t++) dst[t] = src[t / kc];
-        }
-        c = expanded;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < m; j++) transposed[(int64_t)j * n + i] = cost[(int64_t)i * m + j];
+        st = cap_solve(m, n, transposed, x);
     }
 
-    tf_status st = jv_solve(size, c, x);
     if (st == TF_OK) {
-        int kr = n < m ? k : 1, kc = m < n ? k : 1;
-        for (int r = 0; r < size; r++) plan[(int64_t)(r / kr) * m + x[r] / kc] += entry;
+        for (int r = 0; r < size; r++) {
+            if (n >= m)
+                plan[(int64_t)r * m + x[r]] += entry;
+            else
+                plan[(int64_t)x[r] * m + r] += entry;
+        }
     }
-    free(expanded);
+    free(transposed);
     free(x);
     return st;
 }
