@@ -623,21 +623,15 @@ int bert_count_correct(const bert_model *model, const bert_acts *acts)
 /* ---------------------------------------------------------------------------------------
  * Backward pass */
 
-/* Gradient of the mean cross-entropy through the decoder and the MLM head; leaves the
- * gradient of the last layer output in s->dx. */
+/* Backward through the decoder and the MLM head from the logit gradient in s->dlogit
+ * (n, V); leaves the gradient of the last layer output in s->dx. */
 static void head_backward(const bert_model *m, bert_acts *a, float *grads_p[], const float *x)
 {
     const bert_config *c = &m->cfg;
     const int N = a->batch * c->seq_len, d = c->d, V = c->vocab, n = a->num_pred;
     bert_scratch *s = a->scratch;
 
-    /* dlogits = (probs - onehot) / n; z is regathered from head_ln */
-    for (int r = 0; r < n; r++) {
-        float *dl = s->dlogit + (int64_t)r * V;
-        memcpy(dl, a->probs + (int64_t)r * V, (size_t)V * sizeof(float));
-        dl[a->labels[a->pred_pos[r]]] -= 1.0f;
-        for (int v = 0; v < V; v++) dl[v] /= (float)n;
-    }
+    /* the decoder input z is regathered from head_ln */
     float *z = s->dres, *dz = s->datty;
     for (int r = 0; r < n; r++)
         memcpy(z + (int64_t)r * d, a->head_ln + (int64_t)a->pred_pos[r] * d,
@@ -709,23 +703,17 @@ static void embed_backward(const bert_model *m, bert_acts *a, float *g[])
     }
 }
 
-tf_status bert_backward(const bert_model *model, bert_acts *acts, float *grads)
+/* Backward pass from the logit gradient in the scratch's dlogit; overwrites grads. */
+static void backward_from_logits(const bert_model *model, bert_acts *acts, float *grads)
 {
     const bert_config *c = &model->cfg;
     const int N = acts->batch * c->seq_len, d = c->d;
-    if (acts->batch < 1)
-        return tf_error_set(TF_ERR_ARG, "bert_backward: no forward pass recorded in acts");
-    for (int r = 0; r < acts->num_pred; r++)
-        if (acts->labels[acts->pred_pos[r]] < 0)
-            return tf_error_set(TF_ERR_ARG,
-                                "bert_backward: the last forward pass had no labels; call "
-                                "bert_forward with labels first");
 
     /* gradient views laid out like the parameters, all accumulated from zero */
     float *g[BERT_NUM_PARAMS];
     for (int i = 0; i < BERT_NUM_PARAMS; i++) g[i] = grads + (model->p[i] - model->params);
     memset(grads, 0, (size_t)model->num_params * sizeof(float));
-    if (acts->num_pred == 0) return TF_OK;
+    if (acts->num_pred == 0) return;
 
     head_backward(model, acts, g, acts->ln2 + (int64_t)(c->layers - 1) * N * d);
     for (int l = c->layers - 1; l >= 0; l--) {
@@ -733,5 +721,42 @@ tf_status bert_backward(const bert_model *model, bert_acts *acts, float *grads)
         layer_backward(model, acts, g, l, x);
     }
     embed_backward(model, acts, g);
+}
+
+tf_status bert_backward(const bert_model *model, bert_acts *acts, float *grads)
+{
+    const int V = model->cfg.vocab, n = acts->num_pred;
+    bert_scratch *s = acts->scratch;
+    if (acts->batch < 1)
+        return tf_error_set(TF_ERR_ARG, "bert_backward: no forward pass recorded in acts");
+    for (int r = 0; r < n; r++)
+        if (acts->labels[acts->pred_pos[r]] < 0)
+            return tf_error_set(TF_ERR_ARG,
+                                "bert_backward: the last forward pass had no labels; call "
+                                "bert_forward with labels first");
+
+    /* dlogits = (probs - onehot(label)) / n */
+    for (int r = 0; r < n; r++) {
+        float *dl = s->dlogit + (int64_t)r * V;
+        memcpy(dl, acts->probs + (int64_t)r * V, (size_t)V * sizeof(float));
+        dl[acts->labels[acts->pred_pos[r]]] -= 1.0f;
+        for (int v = 0; v < V; v++) dl[v] /= (float)n;
+    }
+    backward_from_logits(model, acts, grads);
+    return TF_OK;
+}
+
+tf_status bert_backward_soft(const bert_model *model, bert_acts *acts, const float *targets,
+                             float *grads)
+{
+    const int V = model->cfg.vocab, n = acts->num_pred;
+    bert_scratch *s = acts->scratch;
+    if (acts->batch < 1)
+        return tf_error_set(TF_ERR_ARG, "bert_backward_soft: no forward pass recorded in acts");
+
+    /* dlogits = (probs - targets) / n */
+    for (int64_t i = 0; i < (int64_t)n * V; i++)
+        s->dlogit[i] = (acts->probs[i] - targets[i]) / (float)n;
+    backward_from_logits(model, acts, grads);
     return TF_OK;
 }

@@ -75,6 +75,70 @@ static void check_gradients(bert_model *m, bert_acts *a, const int *ids, const i
     free(grads);
 }
 
+/* Mean cross-entropy against targets (n, V) computed here from the model's probabilities. */
+static double soft_loss_of(const bert_model *m, bert_acts *a, const int *ids, const int *lengths,
+                           const int *labels, const float *targets)
+{
+    loss_of(m, a, ids, lengths, labels);
+    const int V = tiny.vocab;
+    double total = 0;
+    for (int64_t i = 0; i < (int64_t)a->num_pred * V; i++)
+        if (targets[i] > 0) total -= targets[i] * log((double)a->probs[i]);
+    return total / a->num_pred;
+}
+
+/* bert_backward_soft: one-hot targets reproduce bert_backward, and random target
+ * distributions match finite differences of soft_loss_of. */
+static void check_soft_targets(bert_model *m, bert_acts *a, const int *ids, const int *lengths,
+                               const int *labels, tf_rng *rng)
+{
+    const int V = tiny.vocab;
+    float *hard = tf_malloc((size_t)m->num_params * sizeof(float));
+    float *soft = tf_malloc((size_t)m->num_params * sizeof(float));
+    loss_of(m, a, ids, lengths, labels);
+    const int n = a->num_pred;
+    float *targets = tf_calloc((size_t)n * V, sizeof(float));
+    for (int r = 0; r < n; r++) targets[(int64_t)r * V + labels[a->pred_pos[r]]] = 1.0f;
+    TU_CHECK(bert_backward(m, a, hard) == TF_OK, "backward");
+    TU_CHECK(bert_backward_soft(m, a, targets, soft) == TF_OK, "backward_soft");
+    tu_close_f32("soft gradient with one-hot targets vs bert_backward", soft, hard, m->num_params,
+                 1e-6, 1e-9);
+
+    for (int r = 0; r < n; r++) {
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += targets[(int64_t)r * V + v] = (float)tf_rng_uniform(rng);
+        for (int v = 0; v < V; v++) targets[(int64_t)r * V + v] /= (float)sum;
+    }
+    loss_of(m, a, ids, lengths, labels);
+    TU_CHECK(bert_backward_soft(m, a, targets, soft) == TF_OK, "backward_soft");
+    const float h = 1e-2f;
+    for (int i = 0; i < BERT_NUM_PARAMS; i++) {
+        float got[4], want[4];
+        for (int s = 0; s < 4; s++) {
+            int64_t k = tf_rng_below(rng, m->size[i]);
+            float *p = m->p[i] + k, saved = *p;
+            double diff[2];
+            for (int r = 0; r < 2; r++) {
+                float step = r == 0 ? h : h / 2;
+                *p = saved + step;
+                double up = soft_loss_of(m, a, ids, lengths, labels, targets);
+                *p = saved - step;
+                double down = soft_loss_of(m, a, ids, lengths, labels, targets);
+                diff[r] = (up - down) / (2.0 * step);
+            }
+            *p = saved;
+            want[s] = (float)((4.0 * diff[1] - diff[0]) / 3.0);
+            got[s] = soft[(m->p[i] - m->params) + k];
+        }
+        char what[64];
+        snprintf(what, sizeof what, "d soft loss / d %s", bert_param_name(i));
+        tu_close_f32(what, got, want, 4, 5e-3, 3e-4);
+    }
+    free(hard);
+    free(soft);
+    free(targets);
+}
+
 /* Logits at real positions must not depend on the tokens at padding positions. */
 static void check_padding_mask(bert_model *m, bert_acts *a, const int *ids, const int *lengths)
 {
@@ -157,6 +221,7 @@ int main(int argc, char **argv)
     labels[T + 4] = ids[T + 2];
 
     check_gradients(m, a, ids, lengths, labels, &rng);
+    check_soft_targets(m, a, ids, lengths, labels, &rng);
     check_padding_mask(m, a, ids, lengths);
     check_bad_inputs(m, a, ids, lengths, labels);
 

@@ -161,6 +161,14 @@ tf_status bert_forward(const bert_model *model, bert_acts *acts, const int *ids,
  * and the decoder contributions. Not collective. */
 tf_status bert_backward(const bert_model *model, bert_acts *acts, float *grads);
 
+/* Backward pass of the mean cross-entropy against target distributions (n, V), one row per
+ * predicted position of the last bert_forward call in the order of acts->pred_pos, each row
+ * summing to 1: e.g. a mix of one-hot labels and a teacher's probabilities for
+ * distillation, dLoss/dlogits = (probs - targets) / n. The forward pass may have been
+ * without labels (then n = B*T). Otherwise as bert_backward. */
+tf_status bert_backward_soft(const bert_model *model, bert_acts *acts, const float *targets,
+                             float *grads);
+
 /* Number of predicted positions of the last forward pass whose argmax of the logits equals
  * the label. Needs a forward call with labels. */
 int bert_count_correct(const bert_model *model, const bert_acts *acts);
