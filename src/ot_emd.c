@@ -1,9 +1,10 @@
 /* Exact optimal transport.
  *
- * Two solvers share the entry point ot_emd_solve. Uniform marginals with n a multiple of
- * m (or m of n) form an assignment problem once the smaller side is replicated, and the
- * Jonker-Volgenant algorithm solves it: column reduction, augmenting row reduction, then
- * one shortest augmenting path per remaining free row. All other problems go to a primal
+ * Three solvers share the entry point ot_emd_solve. Uniform square problems are
+ * assignment problems, solved by the Jonker-Volgenant algorithm: column reduction,
+ * augmenting row reduction, then one shortest augmenting path per remaining free row.
+ * Uniform problems with n a multiple of m (or m of n) are assignment problems with
+ * column capacities, solved by successive shortest paths. All other problems go to a primal
  * network simplex on the bipartite transportation graph. It starts from an artificial
  * root, keeps the spanning tree strongly feasible (Cunningham's leaving-arc rule, which
  * prevents cycling on degenerate pivots) and prices arcs by block search. */
@@ -14,6 +15,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* Relative tolerance on the difference of the two masses. */
 #define OT_MASS_RTOL 1e-9
@@ -336,72 +341,97 @@ done:
  * replicating columns, which would create ties that stall the augmenting row reduction.
  * Rows are added one at a time by shortest augmenting paths over the columns (successive
  * shortest paths), with the invariant that each assigned row sits at a column of minimum
- * reduced cost c_ij - v_j. */
+ * reduced cost c_ij - v_j. The path search is a dense Dijkstra whose relaxation and
+ * minimum search run over all m columns in vector registers; scanned columns are marked
+ * by key -inf, which no relaxation can lower further. */
 typedef struct {
     int n, m, cap;
-    const double *c; /* (n, m) row-major */
-    int *x;          /* (n) column of row i, -1 if unassigned */
-    int *count;      /* (m) rows assigned to column j */
-    int *members;    /* (m, cap) rows of column j in members[j * cap .. + count[j]) */
-    double *v;       /* (m) column duals */
-    double *d;       /* (m) shortest path distances */
-    int *pred;       /* (m) row through which column j was reached */
-    int *collist;    /* (m) */
+    const double *c;   /* (n, m) row-major */
+    int *x;            /* (n) column of row i, -1 if unassigned */
+    int *count;        /* (m) rows assigned to column j */
+    int *members;      /* (m, cap) rows of column j in members[j * cap .. + count[j]) */
+    double *v;         /* (m) column duals */
+    double *key;       /* (m) tentative distance, -inf once scanned */
+    int *pred;         /* (m) row through which column j was reached */
+    int *scanned;      /* (m) scanned columns in order */
+    double *scanned_d; /* (m) their distances */
 } cap_state;
 
-/* Relaxes all unscanned columns collist[up..m) through row i of scanned column j1 at
- * distance dmin. Returns a column with spare capacity at distance dmin, or -1. */
-static int cap_relax_row(cap_state *s, int i, int j1, double dmin, int *up)
+/* Shapes: row, v, key, pred (m). Lowers key_j to row_j - v_j - u1 where that is smaller
+ * and records pred_j = i there. */
+static void cap_relax(int m, const double *row, const double *v, double u1, int i, double *key,
+                      int *pred)
 {
-    const double *row = s->c + (int64_t)i * s->m;
-    double u1 = row[j1] - s->v[j1] - dmin;
-    for (int k = *up; k < s->m; k++) {
-        int j = s->collist[k];
-        double h = row[j] - s->v[j] - u1;
-        if (h >= s->d[j]) continue;
-        s->d[j] = h;
-        s->pred[j] = i;
-        if (h <= dmin) {
-            if (s->count[j] < s->cap) return j;
-            s->collist[k] = s->collist[*up];
-            s->collist[(*up)++] = j;
+    int j = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    __m512d vu = _mm512_set1_pd(u1);
+    __m256i vi = _mm256_set1_epi32(i);
+    for (; j + 8 <= m; j += 8) {
+        __m512d h =
+            _mm512_sub_pd(_mm512_sub_pd(_mm512_loadu_pd(row + j), _mm512_loadu_pd(v + j)), vu);
+        __mmask8 lower = _mm512_cmp_pd_mask(h, _mm512_loadu_pd(key + j), _CMP_LT_OQ);
+        _mm512_mask_storeu_pd(key + j, lower, h);
+        _mm256_mask_storeu_epi32(pred + j, lower, vi);
+    }
+#endif
+    for (; j < m; j++) {
+        double h = row[j] - v[j] - u1;
+        if (h < key[j]) {
+            key[j] = h;
+            pred[j] = i;
         }
     }
-    return -1;
+}
+
+/* Shapes: key (m). Returns the first column of smallest key among those not scanned
+ * (key > -inf) and writes the key into *kmin. */
+static int cap_argmin(int m, const double *key, double *kmin)
+{
+    double best = INFINITY;
+    int j = 0;
+#if defined(__AVX512F__)
+    __m512d vbest = _mm512_set1_pd(INFINITY), ninf = _mm512_set1_pd(-INFINITY);
+    for (; j + 8 <= m; j += 8) {
+        __m512d k = _mm512_loadu_pd(key + j);
+        __mmask8 open = _mm512_cmp_pd_mask(k, ninf, _CMP_GT_OQ);
+        vbest = _mm512_mask_min_pd(vbest, open, vbest, k);
+    }
+    best = _mm512_reduce_min_pd(vbest);
+#endif
+    for (; j < m; j++)
+        if (key[j] > -INFINITY && key[j] < best) best = key[j];
+    for (j = 0; key[j] != best; j++) continue;
+    *kmin = best;
+    return j;
 }
 
 /* Shortest augmenting path from unassigned row f to a column with spare capacity.
- * Returns that column; sets *last to the number of scanned columns minus one and *dmin to
- * the path length. */
-static int cap_shortest_path(cap_state *s, int f, int *last, double *dmin_out)
+ * Returns that column and writes the path length into *dmin; the scanned columns and
+ * their distances are left in s->scanned and s->scanned_d (count in *nscanned). */
+static int cap_shortest_path(cap_state *s, int f, int *nscanned, double *dmin)
 {
     const double *crow = s->c + (int64_t)f * s->m;
     for (int j = 0; j < s->m; j++) {
-        s->d[j] = crow[j] - s->v[j];
+        s->key[j] = crow[j] - s->v[j];
         s->pred[j] = f;
-        s->collist[j] = j;
     }
-    int low = 0, up = 0;
-    double dmin = 0.0;
+    *nscanned = 0;
     for (;;) {
-        if (up == low) {
-            *last = low - 1;
-            dmin = collect_minimum(s->m, s->d, s->collist, low, &up);
-            for (int k = low; k < up; k++) {
-                if (s->count[s->collist[k]] < s->cap) {
-                    *dmin_out = dmin;
-                    return s->collist[k];
-                }
-            }
+        double d1;
+        int j1 = cap_argmin(s->m, s->key, &d1);
+        if (s->count[j1] < s->cap) {
+            *dmin = d1;
+            return j1;
         }
-        int j1 = s->collist[low++];
+
+        /* Scan j1: relax every column through each row assigned to it. */
+        s->key[j1] = -INFINITY;
+        s->scanned[*nscanned] = j1;
+        s->scanned_d[(*nscanned)++] = d1;
         for (int t = 0; t < s->count[j1]; t++) {
-            int end = cap_relax_row(s, s->members[(int64_t)j1 * s->cap + t], j1, dmin, &up);
-            if (end >= 0) {
-                *last = low - 1;
-                *dmin_out = dmin;
-                return end;
-            }
+            int i = s->members[(int64_t)j1 * s->cap + t];
+            const double *row = s->c + (int64_t)i * s->m;
+            cap_relax(s->m, row, s->v, row[j1] - s->v[j1] - d1, i, s->key, s->pred);
         }
     }
 }
@@ -424,13 +454,10 @@ static void cap_move(cap_state *s, int i, int j)
  * row on the path to the next column. */
 static void cap_add_row(cap_state *s, int f)
 {
-    int last = -1;
+    int nscanned = 0;
     double dmin = 0.0;
-    int end = cap_shortest_path(s, f, &last, &dmin);
-    for (int k = 0; k <= last; k++) {
-        int j = s->collist[k];
-        s->v[j] += s->d[j] - dmin;
-    }
+    int end = cap_shortest_path(s, f, &nscanned, &dmin);
+    for (int k = 0; k < nscanned; k++) s->v[s->scanned[k]] += s->scanned_d[k] - dmin;
     for (;;) {
         int i = s->pred[end];
         int next = s->x[i];
@@ -449,10 +476,11 @@ static tf_status cap_solve(int n, int m, const double *c, int *x)
     s.count = tf_calloc((size_t)m, sizeof(int));
     s.members = tf_malloc((size_t)n * sizeof(int));
     s.v = tf_calloc((size_t)m, sizeof(double));
-    s.d = tf_malloc((size_t)m * sizeof(double));
+    s.key = tf_malloc((size_t)m * sizeof(double));
     s.pred = tf_malloc((size_t)m * sizeof(int));
-    s.collist = tf_malloc((size_t)m * sizeof(int));
-    if (!s.count || !s.members || !s.v || !s.d || !s.pred || !s.collist) {
+    s.scanned = tf_malloc((size_t)m * sizeof(int));
+    s.scanned_d = tf_malloc((size_t)m * sizeof(double));
+    if (!s.count || !s.members || !s.v || !s.key || !s.pred || !s.scanned || !s.scanned_d) {
         st = TF_ERR_NOMEM;
         goto done;
     }
@@ -463,9 +491,10 @@ done:
     free(s.count);
     free(s.members);
     free(s.v);
-    free(s.d);
+    free(s.key);
     free(s.pred);
-    free(s.collist);
+    free(s.scanned);
+    free(s.scanned_d);
     return st;
 }
 

@@ -48,6 +48,9 @@ def cases(rng):
     yield "rect_wide", euclidean_cost(rng, 40, 70, 4), uniform(40), uniform(70), 0.05
     yield "rect_multiple", euclidean_cost(rng, 60, 30, 4), uniform(60), uniform(30), 0.1
     yield "rect_multiple_wide", euclidean_cost(rng, 20, 60, 3), uniform(20), uniform(60), 0.0
+    yield "rect_multiple_large", euclidean_cost(rng, 150, 50, 6), uniform(150), uniform(50), 0.0
+    yield "rect_multiple_ties", rng.integers(0, 3, (20, 60)).astype(float), uniform(20), \
+        uniform(60), 0.0
     yield "nonuniform", euclidean_cost(rng, 45, 35, 6), random_marginal(rng, 45), \
         random_marginal(rng, 35), 0.02
     yield "nonuniform_large", euclidean_cost(rng, 150, 120, 6), random_marginal(rng, 150), \

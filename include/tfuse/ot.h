@@ -26,8 +26,9 @@ typedef struct {
  * plan (n, m), caller-allocated. Returns TF_ERR_ARG for malformed input (negative or
  * non-finite marginals, non-finite costs, unequal masses) with a message naming the
  * value, TF_ERR_NOT_CONVERGED if the pivot cap is hit. Not collective.
- * Uniform marginals with max(n, m) a multiple of min(n, m) are solved as an assignment
- * problem (Jonker-Volgenant); everything else by a network simplex. info may be NULL;
+ * Uniform marginals are solved as assignment problems: Jonker-Volgenant when n = m, and
+ * successive shortest paths with capacities max / min when max(n, m) is a multiple of
+ * min(n, m). Everything else goes to a network simplex. info may be NULL;
  * info->iterations counts network simplex pivots (0 on the assignment path). */
 tf_status ot_emd_solve(int n, int m, const double *cost, const double *mu, const double *nu,
                        double *plan, ot_info *info);
