@@ -89,7 +89,8 @@ static void check_small_corpus(void)
             check_sequence(test, 1, "gha");
         }
     }
-    TU_CHECK(text_seqs_build(c, held, 0, v, 2, &test) == TF_ERR_ARG, "seq_len 2 rejected");
+    text_seqs *too_short = NULL;
+    TU_CHECK(text_seqs_build(c, held, 0, v, 2, &too_short) == TF_ERR_ARG, "seq_len 2 rejected");
     text_seqs_free(&train);
     text_seqs_free(&test);
     tok_vocab_free(&v);
