@@ -25,9 +25,10 @@ static inline double ot_marginal_at(const double *mu, int64_t i, int64_t n)
     return mu ? mu[i] : 1.0 / (double)n;
 }
 
-/* Computes out[j] = exp(x[j]) for j < len, to about 2 ulp. Arguments below -708 give 0,
- * arguments above 709 give +inf, and NaN is not supported. Vectorized with AVX2 or
- * AVX-512 when the compiler targets them. */
+/* Computes out[j] = exp(x[j]) for j < len, to about 2 ulp for arguments in [-708, 709].
+ * Below -708 the result may be 0 instead of a subnormal number, above 709 it may be +inf,
+ * and NaN is not supported. Vectorized with AVX2 or AVX-512 when the compiler targets
+ * them. */
 void ot_exp_array(int64_t len, const double *x, double *out);
 
 /* Shapes: row (m), g (m), out (m). Writes out_j = exp((shift + g_j - row_j) * inv_eps)

@@ -32,8 +32,6 @@
 
 static double exp_scalar(double x)
 {
-    if (x < -708.0) return 0.0;
-    if (x > 709.0) return INFINITY;
     return exp(x);
 }
 
@@ -45,20 +43,19 @@ static const double exp_table16[16] = {
     0x1.6a09e667f3bcdp+0, 0x1.7a11473eb0187p+0, 0x1.8ace5422aa0dbp+0, 0x1.9c49182a3f090p+0,
     0x1.ae89f995ad3adp+0, 0x1.c199bdd85529cp+0, 0x1.d5818dcfba487p+0, 0x1.ea4afa2a490dap+0};
 
-/* exp of 8 lanes: x = (16 e + i) ln2 / 16 + r with |r| <= ln2 / 32, so
- * exp(x) = 2^e 2^(i/16) p(r). The table lookup is one two-register permute and the
- * degree-7 Taylor polynomial leaves a truncation error below 2e-18. */
+/* exp of 8 lanes: x = k ln2 / 16 + r with integer k and |r| <= ln2 / 32, so
+ * exp(x) = 2^floor(k / 16) 2^((k mod 16) / 16) p(r). The table lookup is one two-register
+ * permute, which reads only the low 4 bits of k, and scalef applies 2^floor(k / 16),
+ * giving 0 and +inf on underflow and overflow. The degree-7 Taylor polynomial leaves a
+ * truncation error below 2e-18. The clamp keeps k finite for infinite arguments. */
 static inline __m512d exp_vec8(__m512d x)
 {
-    const __m512d lo = _mm512_set1_pd(-708.0), hi = _mm512_set1_pd(709.0);
-    __m512d xc = _mm512_max_pd(_mm512_min_pd(x, hi), lo);
+    __m512d xc = _mm512_max_pd(_mm512_min_pd(x, _mm512_set1_pd(710.0)), _mm512_set1_pd(-746.0));
     __m512d k = _mm512_roundscale_pd(_mm512_mul_pd(xc, _mm512_set1_pd(16.0 * OT_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(OT_LN2_HI / 16.0), xc);
     r = _mm512_fnmadd_pd(k, _mm512_set1_pd(OT_LN2_LO / 16.0), r);
-    __m512d e = _mm512_roundscale_pd(_mm512_mul_pd(k, _mm512_set1_pd(1.0 / 16.0)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512i idx = _mm512_cvtpd_epi64(_mm512_fnmadd_pd(e, _mm512_set1_pd(16.0), k));
+    __m512i idx = _mm512_cvtpd_epi64(k);
     __m512d t =
         _mm512_permutex2var_pd(_mm512_loadu_pd(exp_table16), idx, _mm512_loadu_pd(exp_table16 + 8));
     __m512d p = _mm512_set1_pd(1.0 / 5040.0);
@@ -70,9 +67,7 @@ static inline __m512d exp_vec8(__m512d x)
     p = _mm512_mul_pd(p, r);
     /* t (1 + r + r^2 p') = t + t (r + r^2 p'), which keeps the leading term exact. */
     __m512d q = _mm512_fmadd_pd(p, r, r);
-    __m512d y = _mm512_scalef_pd(_mm512_fmadd_pd(t, q, t), e);
-    y = _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_pd());
-    return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, hi, _CMP_GT_OQ), _mm512_set1_pd(INFINITY));
+    return _mm512_scalef_pd(_mm512_fmadd_pd(t, q, t), _mm512_mul_pd(k, _mm512_set1_pd(0.0625)));
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 /* Taylor coefficients 1/k! for k = 13 down to 2. The reduced argument lies in
