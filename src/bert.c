@@ -651,7 +651,7 @@ static void head_backward(const bert_model *m, bert_acts *a, float *grads_p[], c
                     m->p[BERT_HEAD_W], N, d, d, 0);
 }
 
-/* Backward of encoder layer l: s->dx holds the gradient of its output (ln2) on entry and of
+/* Backward of encoder layer l: s->dx contains the gradient of its output (ln2) on entry and of
  * its input x on return. */
 static void layer_backward(const bert_model *m, bert_acts *a, float *g[], int l, const float *x)
 {

@@ -3,9 +3,9 @@ float64 (nn.TransformerEncoderLayer is post-LN with packed Q, K, V projections, 
 
 Usage: bert_torch_ref.py INPUT OUTPUT
 
-INPUT (little-endian, written by test_bert_torch.c): int32 V, T, d, L, h, f, B; float64
-ln_eps; float32 parameters in tfuse's buffer order; int32 ids (B, T), lengths (B), labels
-(B, T). OUTPUT: float64 logits (B, T, V) at every position, the mean masked cross-entropy,
+INPUT is little-endian and written by test_bert_torch.c. It contains int32 V, T, d, L, h, f,
+B, then float64 ln_eps, the float32 parameters in tfuse's buffer order, and int32 ids (B, T),
+lengths (B) and labels (B, T). OUTPUT: float64 logits (B, T, V) at every position, the mean masked cross-entropy,
 and its gradient laid out like the parameters.
 """
 import sys

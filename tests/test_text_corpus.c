@@ -1,6 +1,6 @@
 /* Corpus file tests: loading, the split by book, packing into sequences (worked out by hand
- * on a small file), format errors that name the file and line, and, when given the path of
- * tools/bible_corpus.sh, the King James Bible corpus it writes. */
+ * on a small file) and format errors that name the file and line. Given the path of
+ * tools/bible_corpus.sh as argument, the test checks the King James Bible corpus it writes. */
 #include "tfuse/text.h"
 #include "testutil.h"
 
