@@ -87,6 +87,13 @@ static int select_tokens(const vit_config *c, const fuse_options *opt, int *toke
     return count;
 }
 
+/* While fuse_compute_maps runs a unit of OT work on all ranks together, Sinkhorn problems
+ * go to ot_sinkhorn_solve_auto on this communicator; otherwise comm is MPI_COMM_NULL. */
+static struct {
+    MPI_Comm comm;
+    int64_t threshold;
+} dist_solve = {MPI_COMM_NULL, 0};
+
 /* Solves one OT problem with uniform marginals; the plan has total mass 1. */
 tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
                             double epsilon, const char *what, double *plan)
@@ -97,7 +104,11 @@ tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver sol
         st = ot_emd_solve(n, m, cost, NULL, NULL, plan, &info);
     } else {
         ot_sinkhorn_options so = ot_sinkhorn_defaults(epsilon);
-        st = ot_sinkhorn_solve(n, m, cost, NULL, NULL, &so, plan, &info);
+        if (dist_solve.comm != MPI_COMM_NULL)
+            st = ot_sinkhorn_solve_auto(dist_solve.comm, dist_solve.threshold, n, m, cost, NULL,
+                                        NULL, &so, plan, &info);
+        else
+            st = ot_sinkhorn_solve(n, m, cost, NULL, NULL, &so, plan, &info);
         if (st == TF_ERR_NOT_CONVERGED) {
             TF_WARN("Sinkhorn for %s (%d x %d, epsilon %g) stopped at the iteration cap with "
                     "marginal error %.3g; using its plan",
@@ -300,33 +311,30 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const vit_model *
     return TF_OK;
 }
 
-/* Maps inside each layer: the MLP hidden layer and, unless head-aware maps replace them,
- * the shared Q/K map and the V map. */
-static tf_status layer_maps(const fuse_stats *stats, const fuse_options *opt, fuse_maps *maps)
+/* Maps inside layer l: the MLP hidden layer and, unless head-aware maps replace them, the
+ * shared Q/K map and the V map. */
+static tf_status layer_maps(const fuse_stats *stats, const fuse_options *opt, fuse_maps *maps,
+                            int l)
 {
     char what[96];
-    for (int l = 0; l < maps->layers; l++) {
-        int fc1 = fuse_layer_block(l, BLOCK_FC1);
-        tf_status st;
-        snprintf(what, sizeof what, "layer %d MLP hidden", l);
-        st = map_from_blocks(stats, &fc1, 1, opt, opt->solver_mlp, what, &maps->fc1[l]);
-        if (st != TF_OK) return st;
-        if (opt->attention == FUSE_ATTN_HEAD_AWARE) continue;
-        int qk[2] = {fuse_layer_block(l, BLOCK_Q), fuse_layer_block(l, BLOCK_K)};
-        int v = fuse_layer_block(l, BLOCK_V);
-        snprintf(what, sizeof what, "layer %d Q/K", l);
-        st = map_from_blocks(stats, qk, 2, opt, opt->solver_attn, what, &maps->qk[l]);
-        if (st != TF_OK) return st;
-        snprintf(what, sizeof what, "layer %d V", l);
-        st = map_from_blocks(stats, &v, 1, opt, opt->solver_attn, what, &maps->v[l]);
-        if (st != TF_OK) return st;
-    }
-    return TF_OK;
+    int fc1 = fuse_layer_block(l, BLOCK_FC1);
+    tf_status st;
+    snprintf(what, sizeof what, "layer %d MLP hidden", l);
+    st = map_from_blocks(stats, &fc1, 1, opt, opt->solver_mlp, what, &maps->fc1[l]);
+    if (st != TF_OK) return st;
+    if (opt->attention == FUSE_ATTN_HEAD_AWARE) return TF_OK;
+    int qk[2] = {fuse_layer_block(l, BLOCK_Q), fuse_layer_block(l, BLOCK_K)};
+    int v = fuse_layer_block(l, BLOCK_V);
+    snprintf(what, sizeof what, "layer %d Q/K", l);
+    st = map_from_blocks(stats, qk, 2, opt, opt->solver_attn, what, &maps->qk[l]);
+    if (st != TF_OK) return st;
+    snprintf(what, sizeof what, "layer %d V", l);
+    return map_from_blocks(stats, &v, 1, opt, opt->solver_attn, what, &maps->v[l]);
 }
 
 tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
                                const vit_model *anchor, const fuse_options *opt,
-                               fuse_maps *maps);
+                               fuse_maps *maps, int layer);
 
 /* Calibration images per chunk of the reproducible reduction. Fixed, so that the sums do
  * not depend on the number of ranks. */
@@ -421,6 +429,262 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
     return st;
 }
 
+/* A unit of OT work: the maps of one parent that one function computes. Units are
+ * independent, so each can run on any rank. */
+enum unit_kind {
+    UNIT_STREAM, /* residual stream maps (one joint problem, or one per join) */
+    UNIT_LAYER,  /* Q/K, V and MLP hidden maps of one layer */
+    UNIT_WEIGHT  /* every weight-based map, solved layer by layer (each needs the last) */
+};
+
+typedef struct {
+    enum unit_kind kind;
+    int parent, layer;
+    double work;              /* estimated cost, arbitrary units */
+    int64_t largest_sinkhorn; /* n * m of its largest Sinkhorn problem, 0 if none */
+    int owner;                /* rank that runs it, or -1: all ranks together */
+} ot_unit;
+
+/* Estimated cost of one problem: about (n + m) / 2 passes over the cost for the exact
+ * solver (the Jonker-Volgenant assignment is O(n^3) at worst), about 300 sweeps for
+ * Sinkhorn with epsilon annealing. An estimate for balancing only. */
+static double problem_work(int n, int m, enum fuse_solver solver)
+{
+    double nm = (double)n * m;
+    return solver == FUSE_SOLVER_EXACT ? nm * 0.5 * (n + m) : 300.0 * nm;
+}
+
+static void unit_add(ot_unit *u, int n, int m, enum fuse_solver solver)
+{
+    u->work += problem_work(n, m, solver);
+    if (solver == FUSE_SOLVER_SINKHORN && (int64_t)n * m > u->largest_sinkhorn)
+        u->largest_sinkhorn = (int64_t)n * m;
+}
+
+/* Fills the estimate of a unit from the problems it solves. */
+static void unit_estimate(ot_unit *u, const vit_config *cp, const vit_config *ca,
+                          const fuse_options *opt)
+{
+    const int dp = cp->d, da = ca->d, h = ca->heads;
+    u->work = 1.0;
+    u->largest_sinkhorn = 0;
+    if (u->kind != UNIT_LAYER) {
+        if (opt->residual == FUSE_RESIDUAL_JOINT && opt->cost == FUSE_COST_ACTIVATION)
+            unit_add(u, dp, da, opt->solver_stream);
+        else if (opt->residual != FUSE_RESIDUAL_IDENTITY)
+            for (int k = 0; k < 2 + 2 * ca->layers; k++) unit_add(u, dp, da, opt->solver_stream);
+    }
+    const int first = u->kind == UNIT_LAYER ? u->layer : 0;
+    const int last = u->kind == UNIT_STREAM ? 0 : u->kind == UNIT_LAYER ? u->layer + 1
+                                                                         : ca->layers;
+    for (int l = first; l < last; l++) {
+        unit_add(u, cp->mlp, ca->mlp, opt->solver_mlp);
+        if (opt->attention == FUSE_ATTN_HEAD_AWARE) {
+            /* 2 h^2 inner problems, never distributed, and one h x h assignment. */
+            u->work += 2.0 * h * h * problem_work(dp / h, da / h, opt->solver_attn);
+            u->work += problem_work(h, h, FUSE_SOLVER_EXACT);
+        } else {
+            unit_add(u, dp, da, opt->solver_attn);
+            unit_add(u, dp, da, opt->solver_attn);
+        }
+    }
+}
+
+/* Lists the units of every non-anchor parent and assigns owners: units with a Sinkhorn
+ * problem at or above opt->ot_dist_threshold run on all ranks together, the others go,
+ * largest estimate first, to the least loaded rank (lowest rank on ties). Every rank
+ * computes the same list. Returns the count, or -1 if out of memory. */
+static int units_plan(vit_model *const *parents, int n_parents, int anchor,
+                      const fuse_options *opt, int size, ot_unit **out)
+{
+    const int L = parents[anchor]->cfg.layers;
+    const int per_parent = opt->cost == FUSE_COST_WEIGHT ? 1 : 1 + L;
+    ot_unit *u = tf_calloc((size_t)n_parents * per_parent, sizeof *u);
+    double *load = tf_calloc((size_t)size, sizeof(double));
+    int *order = tf_malloc((size_t)n_parents * per_parent * sizeof(int));
+    if (!u || !load || !order) {
+        free(u), free(load), free(order);
+        return -1;
+    }
+    int count = 0;
+    for (int p = 0; p < n_parents; p++) {
+        if (p == anchor) continue;
+        for (int k = 0; k < per_parent; k++) {
+            ot_unit *x = &u[count++];
+            x->parent = p;
+            x->kind = opt->cost == FUSE_COST_WEIGHT ? UNIT_WEIGHT : k == 0 ? UNIT_STREAM
+                                                                          : UNIT_LAYER;
+            x->layer = k - 1;
+            unit_estimate(x, &parents[p]->cfg, &parents[anchor]->cfg, opt);
+        }
+    }
+
+    /* Largest first (insertion sort keeps ties in list order), each to the lightest rank. */
+    for (int i = 0; i < count; i++) {
+        int j = i;
+        for (; j > 0 && u[order[j - 1]].work < u[i].work; j--) order[j] = order[j - 1];
+        order[j] = i;
+    }
+    for (int i = 0; i < count; i++) {
+        ot_unit *x = &u[order[i]];
+        if (opt->ot_dist_threshold > 0 && size > 1 &&
+            x->largest_sinkhorn >= opt->ot_dist_threshold) {
+            x->owner = -1;
+            continue;
+        }
+        int best = 0;
+        for (int r = 1; r < size; r++) best = load[r] < load[best] ? r : best;
+        x->owner = best;
+        load[best] += x->work;
+    }
+    free(load);
+    free(order);
+    *out = u;
+    return count;
+}
+
+static tf_status unit_run(const ot_unit *u, vit_model *const *parents, int anchor,
+                          fuse_stats **stats, const fuse_options *opt, fuse_maps **maps)
+{
+    const int p = u->parent;
+    const vit_model *parent = parents[p], *anchor_model = parents[anchor];
+    tf_status st = TF_OK;
+    if (u->kind == UNIT_WEIGHT) return fuse_weight_maps(parent, anchor_model, opt, maps[p]);
+    if (u->kind == UNIT_STREAM) {
+        if (opt->residual == FUSE_RESIDUAL_JOINT)
+            return stream_maps_joint(stats[p], opt, maps[p], parent->cfg.d, anchor_model->cfg.d);
+        return stream_maps_per_join(stats[p], parent, anchor_model, opt, maps[p]);
+    }
+    st = layer_maps(stats[p], opt, maps[p], u->layer);
+    if (st == TF_OK && opt->attention == FUSE_ATTN_HEAD_AWARE)
+        st = fuse_head_aware_maps(stats[p], parent, anchor_model, opt, maps[p], u->layer);
+    return st;
+}
+
+/* The plan slots a unit writes, with their element counts. Returns the count (at most
+ * 3 + 7 L). */
+static int unit_slots(const ot_unit *u, fuse_maps *m, const vit_config *cp,
+                      const vit_config *ca, double **slot[], int64_t counts[])
+{
+    const int64_t dd = (int64_t)cp->d * ca->d, ff = (int64_t)cp->mlp * ca->mlp;
+    int k = 0;
+#define SLOT(ptr, size) (slot[k] = &(ptr), counts[k++] = (size))
+    if (u->kind != UNIT_LAYER) {
+        SLOT(m->stream0, dd);
+        SLOT(m->patch, dd);
+        SLOT(m->pos, dd);
+        for (int l = 0; l < m->layers; l++) {
+            SLOT(m->attn_out[l], dd);
+            SLOT(m->stream1[l], dd);
+            SLOT(m->mlp_out[l], dd);
+            SLOT(m->stream2[l], dd);
+        }
+    }
+    for (int l = 0; l < m->layers; l++) {
+        if (u->kind == UNIT_STREAM || (u->kind == UNIT_LAYER && l != u->layer)) continue;
+        SLOT(m->qk[l], dd);
+        SLOT(m->v[l], dd);
+        SLOT(m->fc1[l], ff);
+    }
+#undef SLOT
+    return k;
+}
+
+/* Collective: the owner of a unit sends its status, its message and every plan it wrote
+ * to all ranks. */
+static tf_status unit_broadcast(MPI_Comm comm, int rank, const ot_unit *u, tf_status local,
+                                fuse_maps *m, const vit_config *cp, const vit_config *ca)
+{
+    double **slot[3 + 7 * 64];
+    int64_t counts[3 + 7 * 64];
+    int head[1 + 3 + 7 * 64];
+    char message[512];
+    const int n = unit_slots(u, m, cp, ca, slot, counts);
+    head[0] = (int)local;
+    for (int k = 0; k < n; k++) head[1 + k] = *slot[k] != NULL;
+    snprintf(message, sizeof message, "%s", local != TF_OK ? tf_error_get() : "");
+    TF_MPI_CHECK(MPI_Bcast(head, 1 + n, MPI_INT, u->owner, comm));
+    TF_MPI_CHECK(MPI_Bcast(message, sizeof message, MPI_CHAR, u->owner, comm));
+    if (head[0] != TF_OK)
+        return rank == u->owner ? local
+                                : tf_error_set((tf_status)head[0], "rank %d: %s", u->owner,
+                                               message);
+    tf_status st = TF_OK;
+    for (int k = 0; k < n; k++) {
+        if (!head[1 + k]) continue;
+        if (counts[k] > INT32_MAX)
+            return tf_error_set(TF_ERR_ARG, "a plan of %lld values is too large for MPI_Bcast",
+                                (long long)counts[k]);
+        if (rank != u->owner && !*slot[k]) *slot[k] = tf_malloc((size_t)counts[k] * 8);
+        /* NOTE: an allocation failure here aborts in MPI, since the broadcast cannot be
+         * skipped by one rank alone. */
+        if (!*slot[k]) tf_mpi_fail(MPI_ERR_NO_MEM, "plan allocation", __FILE__, __LINE__);
+        TF_MPI_CHECK(MPI_Bcast(*slot[k], (int)counts[k], MPI_DOUBLE, u->owner, comm));
+    }
+    return st;
+}
+
+/* Runs every unit: first those run by all ranks together (distributed Sinkhorn), then
+ * each rank its own, then each owner broadcasts its plans. Every rank returns all maps. */
+static tf_status solve_units(MPI_Comm comm, vit_model *const *parents, int n_parents,
+                             int anchor, fuse_stats **stats, const fuse_options *opt,
+                             fuse_maps **maps)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    if (parents[anchor]->cfg.layers > 64)
+        return tf_error_set(TF_ERR_ARG, "fusion supports at most 64 layers, found %d",
+                            parents[anchor]->cfg.layers);
+    ot_unit *units = NULL;
+    const int count = units_plan(parents, n_parents, anchor, opt, size, &units);
+    if (count < 0) return TF_ERR_NOMEM;
+    tf_status st = TF_OK;
+    double t0 = tf_seconds(), work = 0, total_work = 0;
+    int mine = 0;
+    for (int i = 0; i < count; i++) total_work += units[i].owner >= 0 ? units[i].work : 0;
+
+    /* Collective units, in list order on every rank. */
+    dist_solve.comm = comm;
+    dist_solve.threshold = opt->ot_dist_threshold;
+    for (int i = 0; st == TF_OK && i < count; i++)
+        if (units[i].owner < 0) st = unit_run(&units[i], parents, anchor, stats, opt, maps);
+    dist_solve.comm = MPI_COMM_NULL;
+    const double t_dist = tf_seconds() - t0;
+
+    /* Own units; a failure is reported in the broadcast of that unit. */
+    tf_status *status = tf_calloc((size_t)count, sizeof *status);
+    if (!status) st = TF_ERR_NOMEM;
+    for (int i = 0; st == TF_OK && i < count; i++) {
+        if (units[i].owner != rank) continue;
+        status[i] = unit_run(&units[i], parents, anchor, stats, opt, maps);
+        work += units[i].work;
+        mine++;
+    }
+    double t_local = tf_seconds() - t0 - t_dist, t_max = t_local;
+    TF_MPI_CHECK(MPI_Allreduce(&t_local, &t_max, 1, MPI_DOUBLE, MPI_MAX, comm));
+    double t1 = tf_seconds();
+
+    /* Broadcast, unit by unit in list order. Every rank joins each one. */
+    int failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any_failed)
+        st = tf_error_set(TF_ERR_NOMEM, "OT scheduling failed on another rank");
+    for (int i = 0; st == TF_OK && i < count; i++) {
+        if (units[i].owner < 0) continue;
+        const int p = units[i].parent;
+        st = unit_broadcast(comm, rank, &units[i], status[i], maps[p], &parents[p]->cfg,
+                            &parents[anchor]->cfg);
+    }
+    TF_INFO("fuse timing: OT %d units over %d ranks: distributed %.3f s, local %.3f s (max over "
+            "ranks; rank 0: %d units, %.0f %% of the estimated work), broadcast %.3f s",
+            count, size, t_dist, t_max, mine, total_work > 0 ? 100 * work / total_work : 0.0,
+            tf_seconds() - t1);
+    free(status);
+    free(units);
+    return st;
+}
+
 static tf_status check_compatible(vit_model *const *parents, int n_parents, int anchor)
 {
     const vit_config *a = &parents[anchor]->cfg;
@@ -460,29 +724,17 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     double t0 = tf_seconds();
     if (st == TF_OK && opt->cost == FUSE_COST_ACTIVATION)
         st = accumulate_stats(comm, parents, n_parents, anchor, images, n_images, opt, stats);
-    TF_DEBUG("calibration statistics: %.2f s", tf_seconds() - t0);
+    if (opt->cost == FUSE_COST_ACTIVATION)
+        TF_INFO("fuse timing: calibration statistics %.3f s (%lld images)", tf_seconds() - t0,
+                (long long)n_images);
 
-    /* Step 2: one set of OT problems per non-anchor parent. */
+    /* Step 2: the OT problems of all parents, spread over the ranks, then broadcast. */
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
         maps[p] = maps_create(parents[anchor]->cfg.layers);
-        if (!maps[p]) {
-            st = TF_ERR_NOMEM;
-            break;
-        }
-        if (opt->cost == FUSE_COST_WEIGHT) {
-            st = fuse_weight_maps(parents[p], parents[anchor], opt, maps[p]);
-            continue;
-        }
-        if (opt->residual == FUSE_RESIDUAL_JOINT)
-            st = stream_maps_joint(stats[p], opt, maps[p], parents[p]->cfg.d,
-                                   parents[anchor]->cfg.d);
-        else
-            st = stream_maps_per_join(stats[p], parents[p], parents[anchor], opt, maps[p]);
-        if (st == TF_OK) st = layer_maps(stats[p], opt, maps[p]);
-        if (st == TF_OK && opt->attention == FUSE_ATTN_HEAD_AWARE)
-            st = fuse_head_aware_maps(stats[p], parents[p], parents[anchor], opt, maps[p]);
+        if (!maps[p]) st = TF_ERR_NOMEM;
     }
+    if (st == TF_OK) st = solve_units(comm, parents, n_parents, anchor, stats, opt, maps);
 
     for (int p = 0; stats && p < n_parents; p++) fuse_stats_free(&stats[p]);
     free(stats);

@@ -87,24 +87,22 @@ tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int
 
 tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
                                const vit_model *anchor, const fuse_options *opt,
-                               fuse_maps *maps)
+                               fuse_maps *maps, int layer)
 {
-    const int n = parent->cfg.d, m = anchor->cfg.d, heads = anchor->cfg.heads;
+    const int n = parent->cfg.d, m = anchor->cfg.d, heads = anchor->cfg.heads, l = layer;
     double *cost_qk = tf_malloc((size_t)n * m * sizeof(double));
     double *cost_v = tf_malloc((size_t)n * m * sizeof(double));
     tf_status st = cost_qk && cost_v ? TF_OK : TF_ERR_NOMEM;
-    for (int l = 0; st == TF_OK && l < maps->layers; l++) {
-        int qk[2] = {fuse_layer_block(l, BLOCK_Q), fuse_layer_block(l, BLOCK_K)};
-        int v = fuse_layer_block(l, BLOCK_V);
-        st = fuse_stats_cost(stats, qk, 2, opt, cost_qk);
-        if (st == TF_OK) st = fuse_stats_cost(stats, &v, 1, opt, cost_v);
-        if (st != TF_OK) break;
+    int qk[2] = {fuse_layer_block(l, BLOCK_Q), fuse_layer_block(l, BLOCK_K)};
+    int v = fuse_layer_block(l, BLOCK_V);
+    if (st == TF_OK) st = fuse_stats_cost(stats, qk, 2, opt, cost_qk);
+    if (st == TF_OK) st = fuse_stats_cost(stats, &v, 1, opt, cost_v);
+    if (st == TF_OK) {
         maps->qk[l] = tf_malloc((size_t)n * m * sizeof(double));
         maps->v[l] = tf_malloc((size_t)n * m * sizeof(double));
-        if (!maps->qk[l] || !maps->v[l]) {
-            st = TF_ERR_NOMEM;
-            break;
-        }
+        if (!maps->qk[l] || !maps->v[l]) st = TF_ERR_NOMEM;
+    }
+    if (st == TF_OK) {
         st = fuse_head_aware_layer(cost_qk, cost_v, heads, n, m, opt, maps->qk[l], maps->v[l]);
         if (st != TF_OK)
             st = tf_error_set(st, "head-aware OT for layer %d failed: %s", l, tf_error_get());

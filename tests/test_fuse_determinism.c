@@ -4,7 +4,9 @@
  * each run compares N ranks against 1. The calibration set (200 images, 7 chunks of 32)
  * is not a multiple of the chunk size nor of the rank count. Variants: exact OT with the
  * joint stream map, Sinkhorn with per-join maps and head-aware attention, exact OT with
- * "stream" repair, Sinkhorn with "all" repair, and weight-based exact OT. */
+ * "stream" repair, Sinkhorn with "all" repair, and weight-based exact OT. With
+ * ot_dist_threshold set, Sinkhorn problems are solved by all ranks together and the plans
+ * must match the 1-rank ones up to the solver's tolerance instead. */
 #include "testutil.h"
 #include "tfuse/fuse.h"
 #include "tfuse/vit.h"
@@ -135,6 +137,48 @@ static void check_variant(const char *name, const fuse_options *opt, vit_model *
     vit_model_free(&world);
 }
 
+/* Every plan of maps a and b, compared with tolerance. */
+static void compare_maps(const char *name, fuse_maps **a, fuse_maps **b)
+{
+    const int64_t dd = (int64_t)cfg.d * cfg.d, ff = (int64_t)cfg.mlp * cfg.mlp;
+    char what[128];
+    for (int p = 1; p < N_PARENTS; p++) {
+        snprintf(what, sizeof what, "%s: parent %d stream0", name, p);
+        tu_close_f64(what, a[p]->stream0, b[p]->stream0, dd, 1e-6, 1e-9);
+        for (int l = 0; l < cfg.layers; l++) {
+            snprintf(what, sizeof what, "%s: parent %d layer %d Q/K", name, p, l);
+            tu_close_f64(what, a[p]->qk[l], b[p]->qk[l], dd, 1e-6, 1e-9);
+            snprintf(what, sizeof what, "%s: parent %d layer %d V", name, p, l);
+            tu_close_f64(what, a[p]->v[l], b[p]->v[l], dd, 1e-6, 1e-9);
+            snprintf(what, sizeof what, "%s: parent %d layer %d MLP hidden", name, p, l);
+            tu_close_f64(what, a[p]->fc1[l], b[p]->fc1[l], ff, 1e-6, 1e-9);
+        }
+    }
+}
+
+/* Sinkhorn problems of at least 16 x 16 solved on a grid of all ranks, against 1 rank. */
+static void check_distributed(vit_model **parents, const float *images, int rank)
+{
+    fuse_options opt = fuse_options_default();
+    opt.solver = opt.solver_attn = opt.solver_mlp = opt.solver_stream = FUSE_SOLVER_SINKHORN;
+    opt.ot_dist_threshold = 16 * 16;
+    fuse_maps **world = NULL, **self = NULL;
+    tf_status st =
+        fuse_compute_maps(MPI_COMM_WORLD, parents, N_PARENTS, 0, images, N_IMAGES, &opt, &world);
+    TU_CHECK(st == TF_OK, "distributed Sinkhorn: fuse_compute_maps failed: %s", tf_error_get());
+    if (rank == 0 && st == TF_OK) {
+        st = fuse_compute_maps(MPI_COMM_SELF, parents, N_PARENTS, 0, images, N_IMAGES, &opt, &self);
+        TU_CHECK(st == TF_OK, "1-rank Sinkhorn: fuse_compute_maps failed: %s", tf_error_get());
+        if (st == TF_OK) compare_maps("distributed Sinkhorn", world, self);
+    }
+    for (int p = 0; p < N_PARENTS; p++) {
+        if (world) fuse_maps_free(&world[p]);
+        if (self) fuse_maps_free(&self[p]);
+    }
+    free(world);
+    free(self);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -174,6 +218,8 @@ int main(int argc, char **argv)
     weight.cost = FUSE_COST_WEIGHT;
     weight.residual = FUSE_RESIDUAL_MEAN;
     check_variant("weight cost, exact", &weight, parents, images, rank, size);
+
+    check_distributed(parents, images, rank);
 
     for (int p = 0; p < N_PARENTS; p++) vit_model_free(&parents[p]);
     free(images);
