@@ -17,3 +17,5 @@ tfuse_add_mpi_test(NAME bert_mlm TARGET test_bert_mlm RANKS 1 TIMEOUT 60)
 tfuse_add_test_exe(test_bert_torch ${CMAKE_CURRENT_SOURCE_DIR}/test_bert_torch.c)
 tfuse_add_mpi_test(NAME bert_torch TARGET test_bert_torch RANKS 1 TIMEOUT 120
   ARGS ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/bert_torch_ref.py)
+tfuse_add_test_exe(test_bert_h5 ${CMAKE_CURRENT_SOURCE_DIR}/test_bert_h5.c)
+tfuse_add_mpi_test(NAME bert_h5 TARGET test_bert_h5 RANKS 1 2 TIMEOUT 120)

@@ -20,6 +20,7 @@
 
 #include <stdint.h>
 #include "tfuse/common.h"
+#include "tfuse/h5file.h"
 #include "tfuse/text.h"
 
 /* Label value of a position that does not enter the loss. */
@@ -228,5 +229,27 @@ tf_status bert_evaluate(const bert_model *model, bert_acts *acts, const text_seq
  * bert_evaluate(..., heldout, select_prob, seed, ...) scores. */
 tf_status bert_unigram_loss(const text_seqs *train, const text_seqs *heldout, int vocab,
                             double select_prob, uint64_t seed, double *loss);
+
+/* ---------------------------------------------------------------------------------------
+ * Model files (src/bert_h5.c), laid out like ViT model files: one float32 dataset per tensor
+ * under <group>/params/<name> (names from bert_param_name, shapes from bert_param_shape) and
+ * root attributes format "tfuse-model", format_version 1, architecture "bert", and every
+ * bert_config field under its C name. */
+
+/* Saves a model to path. Collective on comm; every rank passes the same model. The file gets
+ * its name only when complete (see h5f_create). Returns TF_ERR_EXISTS when path exists and
+ * overwrite is 0, TF_ERR_IO when the directory is missing or not writable. */
+tf_status bert_model_save(const bert_model *model, MPI_Comm comm, const char *path, int overwrite);
+/* Writes the attributes and datasets into an open file under group ("/" for a model file).
+ * Collective. */
+tf_status bert_model_write(const bert_model *model, h5f_file *f, const char *group);
+/* Loads a model on every rank of comm. Collective. Returns TF_ERR_FORMAT for a missing
+ * attribute, another format or architecture, or a missing or misshapen dataset (naming
+ * it), TF_ERR_ARG for an invalid configuration and TF_ERR_NUMERIC naming the tensor and
+ * index of the first NaN or infinity. The caller frees *out with bert_model_free. */
+tf_status bert_model_load(MPI_Comm comm, const char *path, bert_model **out);
+/* Reads a model stored under group of an open file, with the checks of bert_model_load.
+ * Collective. */
+tf_status bert_model_read(h5f_file *f, const char *group, bert_model **out);
 
 #endif
