@@ -2,7 +2,8 @@
 
 Runs bench_vit_train (tfuse, OPENBLAS_NUM_THREADS=n) and bench_vit_train_torch.py (PyTorch,
 torch.set_num_threads(n)) alternately, ROUNDS times for each thread count, and prints the
-median images per second of each and the median of the per-round ratios tfuse / PyTorch.
+median images per second of each and the median of the per-round ratios tfuse / PyTorch,
+by wall-clock time and by CPU time of the process (steadier when other jobs share the CPUs).
 PyTorch runs twice per round, with OpenMP's default wait policy and with
 OMP_WAIT_POLICY=PASSIVE, and keeps the faster: on a shared machine the spinning default can
 slow it down tenfold at 2 threads.
@@ -18,13 +19,14 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def median_rate(command, env):
+def median_rates(command, env):
+    """Runs one benchmark program; returns its median images per second and per CPU second."""
     output = subprocess.run(command, env=env, check=True, capture_output=True,
                             text=True).stdout
-    match = re.search(r"median: ([0-9.]+) images/s", output)
+    match = re.search(r"median: ([0-9.]+) images/s, ([0-9.]+) images per CPU second", output)
     if not match:
         raise SystemExit(f"no median in the output of {' '.join(command)}:\n{output}")
-    return float(match.group(1))
+    return float(match.group(1)), float(match.group(2))
 
 
 def main():
@@ -40,23 +42,24 @@ def main():
           f"{os.getloadavg()[0]:.2f} at start")
     print(f"batch 128, default ViT, {steps} steps per repeat, 3 repeats per run, "
           f"{rounds} rounds")
-    print("threads  tfuse img/s  torch img/s  ratio (median of rounds)")
+    print("threads  tfuse img/s  torch img/s  ratio  tfuse img/CPU-s  torch img/CPU-s  ratio")
     for threads in (1, 2):
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-        ours, theirs, ratios = [], [], []
+        rows = []
         for _ in range(rounds):
-            a = median_rate([binary, steps, "128", "3"], env)
+            ours = median_rates([binary, steps, "128", "3"], env)
             torch_command = [sys.executable, os.path.join(HERE, "bench_vit_train_torch.py"),
                              str(threads), steps, "128", "3"]
-            b = max(median_rate(torch_command, env),
-                    median_rate(torch_command, dict(env, OMP_WAIT_POLICY="PASSIVE")))
-            ours.append(a)
-            theirs.append(b)
-            ratios.append(a / b)
-            print(f"  round: threads {threads}, tfuse {a:.0f}, torch {b:.0f}, ratio {a / b:.2f}",
-                  flush=True)
-        print(f"{threads:7d}  {statistics.median(ours):11.0f}  {statistics.median(theirs):11.0f}"
-              f"  {statistics.median(ratios):.2f}", flush=True)
+            theirs = max(median_rates(torch_command, env),
+                         median_rates(torch_command, dict(env, OMP_WAIT_POLICY="PASSIVE")))
+            rows.append((ours[0], theirs[0], ours[0] / theirs[0], ours[1], theirs[1],
+                         ours[1] / theirs[1]))
+            print("  round: threads %d, tfuse %.0f, torch %.0f, ratio %.2f; per CPU second "
+                  "tfuse %.0f, torch %.0f, ratio %.2f" % ((threads,) + rows[-1]), flush=True)
+        medians = [statistics.median(column) for column in zip(*rows)]
+        print("%7d  %11.0f  %11.0f  %5.2f  %15.0f  %15.0f  %5.2f" % tuple([threads] + medians),
+              flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
