@@ -287,7 +287,8 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     static const char *const keys[] = {
         "name",       "method",        "cost",      "solver",    "epsilon", "solver_attention",
         "solver_mlp", "solver_stream", "residual",  "attention", "tokens",  "window",
-        "zscore",     "distance",      "normalize", "repair",   "stream_features", NULL};
+        "zscore",     "distance",      "normalize", "repair",   "stream_features",
+        "ot_distributed_threshold", NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
     static const char *const costs[] = {"activation", "weight", NULL};
@@ -341,6 +342,8 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     TRY(get_choice(ctx, obj, path, "stream_features", stream_features, (int)o->stream_features,
                    &v));
     o->stream_features = (enum fuse_stream_features)v;
+    TRY(get_int64(ctx, obj, path, "ot_distributed_threshold", 0, 0, 0, INT64_C(1) << 62,
+                  &o->ot_dist_threshold));
     if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
         o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
     if (o->cost == FUSE_COST_WEIGHT &&
