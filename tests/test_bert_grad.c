@@ -193,6 +193,17 @@ static void check_bad_inputs(bert_model *m, bert_acts *a, const int *ids, const 
              tf_error_get());
     float *grads = tf_malloc((size_t)m->num_params * sizeof(float));
     TU_CHECK(bert_backward(m, a, grads) == TF_ERR_ARG, "backward after a forward without labels");
+
+    /* no label at all: loss 0 and a zero gradient */
+    int none[B * 8];
+    for (int i = 0; i < B * 8; i++) none[i] = BERT_IGNORE;
+    for (int64_t k = 0; k < m->num_params; k++) grads[k] = 1.0f;
+    TU_CHECK(bert_forward(m, a, ids, lengths, none, B, &loss) == TF_OK && loss == 0.0f,
+             "loss without labels is 0, got %g", loss);
+    TU_CHECK(bert_backward(m, a, grads) == TF_OK, "backward without labels");
+    int zero = 1;
+    for (int64_t k = 0; k < m->num_params; k++) zero &= grads[k] == 0.0f;
+    TU_CHECK(zero, "gradient without labels is zero");
     free(grads);
 }
 

@@ -161,6 +161,15 @@ static void check_malformed_files(void)
     check_malformed_file(specials, 5, "no token besides the specials");
     check_malformed_file("", 0, "empty file");
     tok_vocab *v = NULL;
+    const char *crlf = "test_text_tokenizer_crlf.vocab";
+    write_file(crlf, "[PAD]\r\n[UNK]\r\n[CLS]\r\n[SEP]\r\n[MASK]\r\nab\r\n##c");
+    TU_CHECK(tok_vocab_load(crlf, &v) == TF_OK, "CRLF file without final newline: %s",
+             tf_error_get());
+    TU_CHECK(v && v->size == 7 && strcmp(v->tokens[5], "ab") == 0 &&
+                 strcmp(v->tokens[6], "##c") == 0,
+             "CRLF line ends are removed");
+    tok_vocab_free(&v);
+    remove(crlf);
     TU_CHECK(tok_vocab_load("no_such_dir/missing.vocab", &v) == TF_ERR_IO, "missing file");
     TU_CHECK(strstr(tf_error_get(), "no_such_dir/missing.vocab") != NULL, "message names it");
 }
