@@ -153,7 +153,7 @@ static void run_case(const test_case *tc, const char *python, const char *script
              tc->label, rc, cmd);
     record recs[64];
     int nrec = rc == 0 ? read_output(out, recs, 64) : -1;
-    TU_CHECK(nrec == 32, "%s: read %d records from %s, expected 32", tc->label, nrec, out);
+    TU_CHECK(nrec == 33, "%s: read %d records from %s, expected 33", tc->label, nrec, out);
 
     if (nrec > 0) {
         worst_ratio = 0.0;
@@ -174,9 +174,36 @@ static void run_case(const test_case *tc, const char *python, const char *script
         compare(tc->label, "fc1", a->fc1, rows * f, recs, nrec);
         compare(tc->label, "res2", a->res2, rows * d, recs, nrec);
         compare(tc->label, "lnf", a->lnf, (int64_t)B * d, recs, nrec);
+
         printf("%s: loss %.7f; logits, loss, %d gradients and 10 activations compared with "
                "PyTorch, largest error %.3f of its tolerance\n",
                tc->label, loss, VIT_NUM_PARAMS, worst_ratio);
+
+        /* Three AdamW steps on the same batch, as adamw_steps in vit_torch_ref.py: lr 1e-2,
+         * betas 0.9 and 0.999, eps 1e-4, weight decay 0.1 on the matrices only. The large eps
+         * keeps entries whose gradient is near zero, and so differs in sign between float
+         * and double, from moving by a full step. */
+        vit_adamw *opt = NULL;
+        TU_CHECK(vit_adamw_create(m, 0.9, 0.999, 1e-4, 0.1, &opt) == TF_OK, "adamw_create: %s",
+                 tf_error_get());
+        for (int step = 0; step < 3 && opt; step++) {
+            if (step > 0 && (vit_forward(m, a, images, labels, B, &loss) != TF_OK ||
+                             vit_backward(m, a, labels, grads) != TF_OK))
+                TF_DIE("%s: training step %d failed: %s", tc->label, step, tf_error_get());
+            vit_adamw_step(opt, m, grads, 1e-2);
+        }
+        vit_adamw_free(&opt);
+        const record *r = find(recs, nrec, "adamw_params");
+        TU_CHECK(r && r->count == m->num_params, "%s: no adamw_params record of %lld values",
+                 tc->label, (long long)m->num_params);
+        if (r && r->count == m->num_params) {
+            float *want = malloc((size_t)m->num_params * sizeof(float));
+            for (int64_t i = 0; i < m->num_params; i++) want[i] = (float)r->values[i];
+            char what[128];
+            snprintf(what, sizeof what, "%s parameters after 3 AdamW steps", tc->label);
+            tu_close_f32(what, m->params, want, m->num_params, 1e-5, 5e-5);
+            free(want);
+        }
     }
     for (int i = 0; i < nrec; i++) free(recs[i].values);
     remove(in);

@@ -10,7 +10,8 @@ labels.
 
 OUTPUT: records, each a 32-byte NUL-padded name, an int64 count and count float64 values.
 The records are logits, loss, one gradient per parameter tensor named as in vit_param_name,
-and the activations x0, ln1, qkv, att, atty, res1, ln2, fc1, res2 (all layers) and lnf.
+the activations x0, ln1, qkv, att, atty, res1, ln2, fc1, res2 (all layers) and lnf, and
+adamw_params, all parameters after the AdamW steps of adamw_steps.
 """
 import struct
 import sys
@@ -126,6 +127,32 @@ def read_input(path):
     return cfg, batch, eps, params, images, labels
 
 
+# Training steps after the gradient check, repeated by test_vit_torch.c with vit_adamw.
+ADAMW_STEPS, ADAMW_LR, ADAMW_BETAS, ADAMW_EPS, ADAMW_DECAY = 3, 1e-2, (0.9, 0.999), 1e-4, 0.1
+DECAYED = {"patch_w", "qkv_w", "proj_w", "fc1_w", "fc2_w", "head_w"}
+
+
+def adamw_steps(model, images, labels):
+    """Runs ADAMW_STEPS steps of torch.optim.AdamW on the batch, the first with the gradients
+    already computed, with weight decay on the matrices only. Returns the parameters flat in
+    tfuse's order."""
+    tensors = model.tensors()
+    groups = [
+        {"params": [p for n, ps in tensors if n in DECAYED for p in ps],
+         "weight_decay": ADAMW_DECAY},
+        {"params": [p for n, ps in tensors if n not in DECAYED for p in ps], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=ADAMW_LR, betas=ADAMW_BETAS, eps=ADAMW_EPS)
+    x = torch.from_numpy(images.astype(np.float64))
+    y = torch.from_numpy(labels.astype(np.int64))
+    for step in range(ADAMW_STEPS):
+        if step > 0:
+            opt.zero_grad()
+            F.cross_entropy(model(x, {}), y).backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for _, ps in tensors for p in ps])
+
+
 def main():
     if len(sys.argv) != 3:
         raise SystemExit("usage: vit_torch_ref.py INPUT OUTPUT")
@@ -155,6 +182,7 @@ def main():
         out.append((name, torch.cat([p.grad.reshape(-1) for p in parts])))
     for name in ("x0", "ln1", "qkv", "att", "atty", "res1", "ln2", "fc1", "res2", "lnf"):
         out.append((name, torch.cat([v.reshape(-1) for v in record[name]])))
+    out.append(("adamw_params", adamw_steps(model, images, labels)))
     with open(sys.argv[2], "wb") as f:
         for name, value in out:
             array = value.numpy().astype("<f8").reshape(-1)
