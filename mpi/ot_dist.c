@@ -1,14 +1,14 @@
 /* Distributed log-domain Sinkhorn on a BLACS process grid.
  *
- * The cost C (n, m) is distributed block-cyclically as in ScaLAPACK, so each rank holds
- * a column-major local block of R rows and K columns. The dual potentials f (rows) and
- * g (columns) are held for the local rows and columns only. One iteration:
+ * The cost C (n, m) is distributed block-cyclically as in ScaLAPACK, so each rank stores
+ * a column-major local block of R rows and K columns. Each rank keeps the dual
+ * potentials f (rows) and g (columns) of its local rows and columns only. One iteration:
  *   1. column update of g from the column sums of the plan, which need a sum over the
  *      process rows (the grid's column communicator);
  *   2. row sums of the updated plan, summed over the process columns (the grid's row
  *      communicator); their L1 error against mu is the stopping criterion;
  *   3. row update of f from those row sums.
- * On a grid with one process row every rank holds whole columns, and steps 1 and 2 are
+ * On a grid with one process row every rank stores whole columns, and steps 1 and 2 are
  * one pass over the local block with the single-rank kernel (ot_sinkhorn_rows applied
  * to C^T). Otherwise step 1 reduces partial column sums before step 2 recomputes the
  * exponentials with the new g. */

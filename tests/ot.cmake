@@ -1,5 +1,5 @@
-# Tests of the OT module. POT's answers are generated at test time by tests/ot_oracle.py
-# (run by TFUSE_PYTHON) into the build directory; the C tests then read them.
+# Tests of the OT module. At test time tests/ot_oracle.py (run by TFUSE_PYTHON) writes
+# problems and POT's solutions into the build directory, and the C tests read them.
 add_test(NAME ot_oracle_generate
   COMMAND ${TFUSE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/ot_oracle.py
           ${CMAKE_CURRENT_BINARY_DIR}/ot_oracle)
