@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 enum {
@@ -166,6 +167,25 @@ static tf_status idx_labels_header(idx_reader *r, int64_t *count)
     return TF_OK;
 }
 
+/* Rejects a header that promises more data than the file can hold, before the caller
+ * allocates room for it, so a corrupt count fails as a truncated file and not as a huge
+ * allocation. A plain file holds `bytes` data bytes only if it is that long after the
+ * header; deflate expands data at most 1032 times (zlib's technical details), so a gzip
+ * file of s bytes holds less than 1032 * s + 1024. */
+static tf_status idx_check_room(const idx_reader *r, int64_t header_bytes, double bytes,
+                                const char *what)
+{
+    struct stat sb;
+    if (stat(r->path, &sb) != 0) return TF_OK; /* the reads that follow report it */
+    double room = r->compressed ? 1032.0 * (double)sb.st_size + 1024.0
+                                : (double)sb.st_size - (double)header_bytes;
+    if (bytes <= room) return TF_OK;
+    return tf_error_set(TF_ERR_FORMAT,
+                        "%s idx file '%s' is truncated: its header promises %.0f bytes of %s, "
+                        "but the file has %lld bytes",
+                        idx_kind(r), r->path, bytes, what, (long long)sb.st_size);
+}
+
 /* Allocates a set of `count` images of rows x cols pixels, checking that it fits. */
 static tf_status idx_image_set_alloc(const char *images_path, int64_t count, int rows, int cols,
                                      tf_image_set **out)
@@ -222,6 +242,11 @@ tf_status idx_image_set_load(const char *images_path, const char *labels_path, i
 
     /* Keep the first `limit` images. */
     int keep_all = limit <= 0 || limit >= count;
+    const int64_t keep = keep_all ? count : limit;
+    status = idx_check_room(&images, 16, (double)keep * rows * cols, "pixels");
+    if (status != TF_OK) goto exit;
+    status = idx_check_room(&labels, 8, (double)keep, "labels");
+    if (status != TF_OK) goto exit;
     status = idx_image_set_alloc(images_path, keep_all ? count : limit, rows, cols, &set);
     if (status != TF_OK) goto exit;
 
