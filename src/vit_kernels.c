@@ -45,7 +45,10 @@ static inline float vit_expf(float x)
         int32_t bits;
         float value;
     } scale;
-    scale.bits = ((int32_t)n + 127) << 23; /* 2^n, with n in [-126, 127] after the clamp */
+    /* 2^n, with n in [-126, 127] after the clamp. A NaN x leaves n NaN, whose conversion to
+     * int is undefined, so it converts 0 instead; p is NaN and so is the result. */
+    float n_finite = n == n ? n : 0.0f;
+    scale.bits = ((int32_t)n_finite + 127) << 23;
     return p * scale.value;
 }
 

@@ -217,6 +217,12 @@ static void check_api(void)
     TU_CHECK(correct2 == expect2, "count_correct %d on 2 images, expected %d", correct2, expect2);
     TU_CHECK(correct5 >= correct2 && correct5 <= correct2 + 3, "count_correct %d on 5 images",
              correct5);
+
+    /* A NaN pixel must surface as a NaN loss, not be absorbed by the kernels' clamps. */
+    images[5] = NAN;
+    TU_CHECK(vit_forward(m, small, images, labels, 2, &loss) == TF_OK, "forward: %s",
+             tf_error_get());
+    TU_CHECK(isnan(loss), "loss %g with a NaN pixel, expected NaN", loss);
     vit_acts_free(&big);
     vit_acts_free(&small);
     vit_model_free(&m);
