@@ -616,8 +616,9 @@ static void ns_attach(ns_state *s, int v, int p, int e)
 }
 
 /* Walks the subtree hanging from top (whose parent data is already set) and resets
- * parent, depth and potential of every node in it. */
-static void ns_rehang(ns_state *s, int top)
+ * parent and depth of every node in it. The tree edges inside the subtree did not change,
+ * so every potential in it moves by the same amount delta as top's did. */
+static void ns_rehang(ns_state *s, int top, double delta)
 {
     int sp = 0;
     s->stack[sp++] = top;
@@ -626,7 +627,10 @@ static void ns_rehang(ns_state *s, int top)
         for (int h = s->head[v]; h >= 0; h = s->next[h]) {
             int w = s->edge_end[h ^ 1];
             if (w == s->parent[v]) continue;
-            ns_attach(s, w, v, h >> 1);
+            s->parent[w] = v;
+            s->pedge[w] = h >> 1;
+            s->depth[w] = s->depth[v] + 1;
+            s->pi[w] += delta;
             s->stack[sp++] = w;
         }
     }
@@ -649,6 +653,25 @@ static void ns_init_tree(ns_state *s, const double *a, const double *b)
     }
 }
 
+/* Shapes: row, pi_sink (len). Returns min_j row_j + pi_i - pi_sink_j, the smallest
+ * reduced cost of a segment of arcs out of one source. */
+static double ns_segment_min(int64_t len, const double *row, const double *pi_sink, double pi_i)
+{
+    double best = INFINITY;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512d vbest = _mm512_set1_pd(INFINITY), vpi = _mm512_set1_pd(pi_i);
+    for (; j + 8 <= len; j += 8) {
+        __m512d rc = _mm512_sub_pd(_mm512_add_pd(_mm512_loadu_pd(row + j), vpi),
+                                   _mm512_loadu_pd(pi_sink + j));
+        vbest = _mm512_min_pd(vbest, rc);
+    }
+    best = _mm512_reduce_min_pd(vbest);
+#endif
+    for (; j < len; j++) best = fmin(best, row[j] + pi_i - pi_sink[j]);
+    return best;
+}
+
 /* Block search pricing: scans arcs in blocks from *cursor and returns the arc (as
  * source * nt + sink) of most negative reduced cost in the first block that contains
  * one below -tol. Returns -1 if no arc is below -tol, which proves optimality. */
@@ -663,11 +686,13 @@ static int64_t ns_price(const ns_state *s, int64_t *cursor, int64_t block, doubl
         if (len > total - scanned) len = total - scanned;
         const double *row = s->c + i * s->nt;
         double pi_i = s->pi[i];
-        for (int64_t j = j0; j < j0 + len; j++) {
-            double rc = row[j] + pi_i - pi_sink[j];
-            if (rc < best_rc) {
-                best_rc = rc;
-                best = i * s->nt + j;
+        if (ns_segment_min(len, row + j0, pi_sink + j0, pi_i) < best_rc) {
+            for (int64_t j = j0; j < j0 + len; j++) {
+                double rc = row[j] + pi_i - pi_sink[j];
+                if (rc < best_rc) {
+                    best_rc = rc;
+                    best = i * s->nt + j;
+                }
             }
         }
         scanned += len;
@@ -722,13 +747,10 @@ static void ns_pivot(ns_state *s, int i, int j)
     ns_unlink(s, e);
     ns_link(s, e, i, j);
     s->flow[e] = delta;
-    if (on_source_side) {
-        ns_attach(s, i, j, e);
-        ns_rehang(s, i);
-    } else {
-        ns_attach(s, j, i, e);
-        ns_rehang(s, j);
-    }
+    int top = on_source_side ? i : j;
+    double old_pi = s->pi[top];
+    ns_attach(s, top, on_source_side ? j : i, e);
+    ns_rehang(s, top, s->pi[top] - old_pi);
 }
 
 typedef struct {
