@@ -204,7 +204,7 @@ typedef struct {
     float *dqkv;   /* (B, T, 3*d) */
     float *dfc;    /* (B, T, f) */
     float *dp;     /* (T, T) one head's gradient of the attention probabilities */
-    float *dlogit; /* (B*T, V) */
+    float *dlogit; /* (pred_capacity, V) */
 } bert_scratch;
 
 static void acts_release(bert_acts *a)
@@ -226,31 +226,27 @@ static void acts_release(bert_acts *a)
     }
 }
 
-/* Allocates every float buffer of the activations; returns 0 if one allocation failed. */
+/* Allocates the float buffers of the activations except the (n, V) ones, which
+ * acts_reserve_pred grows; returns 0 if one allocation failed. */
 static int acts_alloc_floats(bert_acts *a, bert_scratch *s, const bert_config *c, int64_t B)
 {
     const int64_t T = c->seq_len, d = c->d, f = c->mlp, L = c->layers, h = c->heads;
-    const int64_t V = c->vocab, BT = B * T;
+    const int64_t BT = B * T;
     struct {
         float **ptr;
         int64_t count;
-    } table[] = {{&a->emb, BT * d},         {&a->emb_ln, BT * d},
-                 {&a->emb_mean, BT},        {&a->emb_rstd, BT},
-                 {&a->qkv, L * BT * 3 * d}, {&a->att, L * B * h * T * T},
-                 {&a->atty, L * BT * d},    {&a->attn_out, L * BT * d},
-                 {&a->res1, L * BT * d},    {&a->ln1, L * BT * d},
-                 {&a->ln1_mean, L * BT},    {&a->ln1_rstd, L * BT},
-                 {&a->fc1, L * BT * f},     {&a->gelu, L * BT * f},
-                 {&a->res2, L * BT * d},    {&a->ln2, L * BT * d},
-                 {&a->ln2_mean, L * BT},    {&a->ln2_rstd, L * BT},
-                 {&a->head_pre, BT * d},    {&a->head_gelu, BT * d},
-                 {&a->head_ln, BT * d},     {&a->head_mean, BT},
-                 {&a->head_rstd, BT},       {&a->logits, BT * V},
-                 {&a->probs, BT * V},       {&s->dx, BT * d},
-                 {&s->dres, BT * d},        {&s->dln1, BT * d},
-                 {&s->datty, BT * d},       {&s->dqkv, BT * 3 * d},
-                 {&s->dfc, BT * f},         {&s->dp, T * T},
-                 {&s->dlogit, BT * V}};
+    } table[] = {
+        {&a->emb, BT * d},      {&a->emb_ln, BT * d},       {&a->emb_mean, BT},
+        {&a->emb_rstd, BT},     {&a->qkv, L * BT * 3 * d},  {&a->att, L * B * h * T * T},
+        {&a->atty, L * BT * d}, {&a->attn_out, L * BT * d}, {&a->res1, L * BT * d},
+        {&a->ln1, L * BT * d},  {&a->ln1_mean, L * BT},     {&a->ln1_rstd, L * BT},
+        {&a->fc1, L * BT * f},  {&a->gelu, L * BT * f},     {&a->res2, L * BT * d},
+        {&a->ln2, L * BT * d},  {&a->ln2_mean, L * BT},     {&a->ln2_rstd, L * BT},
+        {&a->head_pre, BT * d}, {&a->head_gelu, BT * d},    {&a->head_ln, BT * d},
+        {&a->head_mean, BT},    {&a->head_rstd, BT},        {&s->dx, BT * d},
+        {&s->dres, BT * d},     {&s->dln1, BT * d},         {&s->datty, BT * d},
+        {&s->dqkv, BT * 3 * d}, {&s->dfc, BT * f},          {&s->dp, T * T},
+    };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         *table[i].ptr = tf_malloc((size_t)table[i].count * sizeof(float));
         if (!*table[i].ptr) return 0;
@@ -461,6 +457,27 @@ static void attention_backward(float *dqkv, float *dp, const float *dy, const fl
 /* ---------------------------------------------------------------------------------------
  * Forward pass */
 
+/* Grows the (n, V) buffers logits, probs and the scratch's dlogit to at least n rows, at
+ * most max_rows. They grow on demand because a training batch predicts only its masked
+ * positions. */
+static tf_status acts_reserve_pred(bert_acts *a, int n, int V, int64_t max_rows)
+{
+    if (n <= a->pred_capacity) return TF_OK;
+    bert_scratch *s = a->scratch;
+    float **bufs[] = {&a->logits, &a->probs, &s->dlogit};
+    const int64_t rows = n + n / 2 < max_rows ? n + n / 2 : max_rows;
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        float *grown = realloc(*bufs[i], (size_t)(rows * V) * sizeof(float));
+        if (!grown)
+            return tf_error_set(TF_ERR_NOMEM,
+                                "bert_forward: no memory for logits of %lld positions",
+                                (long long)rows);
+        *bufs[i] = grown;
+    }
+    a->pred_capacity = (int)rows;
+    return TF_OK;
+}
+
 static tf_status check_inputs(const bert_config *c, const int *ids, const int *lengths,
                               const int *labels, int B)
 {
@@ -593,6 +610,12 @@ tf_status bert_forward(const bert_model *model, bert_acts *acts, const int *ids,
     for (int i = 0; i < N; i++) {
         acts->labels[i] = labels ? labels[i] : BERT_IGNORE;
         if (!labels || labels[i] != BERT_IGNORE) acts->pred_pos[acts->num_pred++] = i;
+    }
+
+    st = acts_reserve_pred(acts, acts->num_pred, c->vocab, (int64_t)acts->max_batch * T);
+    if (st != TF_OK) {
+        acts->batch = 0;
+        return st;
     }
 
     /* embeddings, encoder layers, MLM head */

@@ -107,38 +107,39 @@ void bert_model_copy(bert_model *dst, const bert_model *src);
  * computed like the others but never influence real positions. */
 typedef struct {
     int max_batch;
-    int batch;        /* B of the last forward call */
-    int *ids;         /* (B, T) input token ids of the last call */
-    int *lengths;     /* (B) real tokens per sequence; positions beyond are padding */
-    int *labels;      /* (B, T) labels of the last call, BERT_IGNORE where unused */
-    float *emb;       /* (B, T, d) embedding sum E[id] + P[t] */
-    float *emb_ln;    /* (B, T, d) embedding LayerNorm output, input of layer 0 */
-    float *emb_mean;  /* (B, T) */
-    float *emb_rstd;  /* (B, T) */
-    float *qkv;       /* (L, B, T, 3*d) Q, K, V before attention */
-    float *att;       /* (L, B, h, T, T) attention probabilities after softmax */
-    float *atty;      /* (L, B, T, d) attention output before W_O, heads concatenated */
-    float *attn_out;  /* (L, B, T, d) attention branch output W_O atty + b_O */
-    float *res1;      /* (L, B, T, d) stream + attention branch, input of LN1 */
-    float *ln1;       /* (L, B, T, d) LN1 output: the stream after join 1 */
-    float *ln1_mean;  /* (L, B, T) */
-    float *ln1_rstd;  /* (L, B, T) */
-    float *fc1;       /* (L, B, T, f) MLP hidden pre-activation (before GELU) */
-    float *gelu;      /* (L, B, T, f) MLP hidden after GELU */
-    float *res2;      /* (L, B, T, d) LN1 output + MLP branch, input of LN2 */
-    float *ln2;       /* (L, B, T, d) LN2 output: the stream after join 2, layer output */
-    float *ln2_mean;  /* (L, B, T) */
-    float *ln2_rstd;  /* (L, B, T) */
-    float *head_pre;  /* (B, T, d) MLM head dense output before GELU */
-    float *head_gelu; /* (B, T, d) */
-    float *head_ln;   /* (B, T, d) MLM head LayerNorm output */
-    float *head_mean; /* (B, T) */
-    float *head_rstd; /* (B, T) */
-    int num_pred;     /* n: predicted positions of the last call */
-    int *pred_pos;    /* (n) flat positions b * T + t of the predicted rows */
-    float *logits;    /* (n, V) */
-    float *probs;     /* (n, V) softmax of logits */
-    void *scratch;    /* backward-pass workspace, private */
+    int batch;         /* B of the last forward call */
+    int *ids;          /* (B, T) input token ids of the last call */
+    int *lengths;      /* (B) real tokens per sequence; positions beyond are padding */
+    int *labels;       /* (B, T) labels of the last call, BERT_IGNORE where unused */
+    float *emb;        /* (B, T, d) embedding sum E[id] + P[t] */
+    float *emb_ln;     /* (B, T, d) embedding LayerNorm output, input of layer 0 */
+    float *emb_mean;   /* (B, T) */
+    float *emb_rstd;   /* (B, T) */
+    float *qkv;        /* (L, B, T, 3*d) Q, K, V before attention */
+    float *att;        /* (L, B, h, T, T) attention probabilities after softmax */
+    float *atty;       /* (L, B, T, d) attention output before W_O, heads concatenated */
+    float *attn_out;   /* (L, B, T, d) attention branch output W_O atty + b_O */
+    float *res1;       /* (L, B, T, d) stream + attention branch, input of LN1 */
+    float *ln1;        /* (L, B, T, d) LN1 output: the stream after join 1 */
+    float *ln1_mean;   /* (L, B, T) */
+    float *ln1_rstd;   /* (L, B, T) */
+    float *fc1;        /* (L, B, T, f) MLP hidden pre-activation (before GELU) */
+    float *gelu;       /* (L, B, T, f) MLP hidden after GELU */
+    float *res2;       /* (L, B, T, d) LN1 output + MLP branch, input of LN2 */
+    float *ln2;        /* (L, B, T, d) LN2 output: the stream after join 2, layer output */
+    float *ln2_mean;   /* (L, B, T) */
+    float *ln2_rstd;   /* (L, B, T) */
+    float *head_pre;   /* (B, T, d) MLM head dense output before GELU */
+    float *head_gelu;  /* (B, T, d) */
+    float *head_ln;    /* (B, T, d) MLM head LayerNorm output */
+    float *head_mean;  /* (B, T) */
+    float *head_rstd;  /* (B, T) */
+    int num_pred;      /* n: predicted positions of the last call */
+    int *pred_pos;     /* (n) flat positions b * T + t of the predicted rows */
+    int pred_capacity; /* rows allocated in logits and probs, grown by bert_forward */
+    float *logits;     /* (n, V) */
+    float *probs;      /* (n, V) softmax of logits */
+    void *scratch;     /* backward-pass workspace, private */
 } bert_acts;
 
 /* Allocates activations for batches up to max_batch. Caller frees with bert_acts_free. */
@@ -151,8 +152,9 @@ void bert_acts_free(bert_acts **acts);
  * are computed only at positions with label != BERT_IGNORE and *loss receives their mean
  * cross-entropy (0 if there is none); labels must be BERT_IGNORE or in [0, V). If labels is
  * NULL, logits are computed at all B*T positions, pred_pos lists them in order, and *loss is
- * left alone (may be NULL). Returns TF_ERR_ARG on an out-of-range id, length or label.
- * Not collective. */
+ * left alone (may be NULL). Labels that are all BERT_IGNORE skip the decoder, which suits
+ * forward passes that only collect activations. Returns TF_ERR_ARG on an out-of-range id,
+ * length or label and TF_ERR_NOMEM if the logits cannot grow. Not collective. */
 tf_status bert_forward(const bert_model *model, bert_acts *acts, const int *ids, const int *lengths,
                        const int *labels, int batch, float *loss);
 
