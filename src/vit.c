@@ -10,15 +10,16 @@
 
 /* Workspace behind vit_acts.scratch; the forward pass fills dgelu and uses emb and work. */
 typedef struct {
-    float *dx;    /* (B, T, d) gradient of the residual stream */
-    float *dln;   /* (B, T, d) gradient of a LayerNorm output or of atty */
-    float *dwide; /* (B, T, max(3*d, f)) gradient of qkv or of the MLP hidden layer */
-    float *emb;   /* (B, N, d) patch embeddings, then their gradient */
-    float *cls;   /* (B, d) class tokens entering the final LayerNorm */
-    float *dlnf;  /* (B, d) gradient of the final LayerNorm output */
-    float *dlog;  /* (B, C) gradient of the logits */
-    float *dgelu; /* (L, B, T, f) GELU derivative at fc1 */
-    float *work;  /* vit_attention_work(T, d, h) floats for the attention kernels */
+    float *dx;      /* (B, T, d) gradient of the residual stream */
+    float *dln;     /* (B, T, d) gradient of a LayerNorm output or of atty */
+    float *dwide;   /* (B, T, max(3*d, f)) gradient of qkv or of the MLP hidden layer */
+    float *emb;     /* (B, N, d) patch embeddings, then their gradient */
+    float *cls;     /* (B, d) class tokens entering the final LayerNorm */
+    float *dlnf;    /* (B, d) gradient of the final LayerNorm output */
+    float *dlog;    /* (B, C) gradient of the logits */
+    float *dgelu;   /* (L, B, T, f) GELU derivative at fc1 */
+    float *work;    /* vit_attention_work(T, d, h) floats for the attention kernels */
+    vit_config cfg; /* configuration the buffers were sized for */
 } vit_scratch;
 
 static const char *const param_names[VIT_NUM_PARAMS] = {
@@ -249,6 +250,7 @@ tf_status vit_acts_create(const vit_config *cfg, int max_batch, vit_acts **out)
         return TF_ERR_NOMEM;
     }
     a->scratch = s;
+    s->cfg = *cfg;
     a->max_batch = max_batch;
     int64_t B = max_batch, T = vit_tokens(cfg), N = T - 1, d = cfg->d, L = cfg->layers;
     int64_t f = cfg->mlp, h = cfg->heads, C = cfg->classes, P = vit_patch_values(cfg);
@@ -389,6 +391,21 @@ static tf_status check_labels(const int *labels, int batch, int classes, const c
     return TF_OK;
 }
 
+/* Rejects activations sized for another configuration, which would overflow their buffers. */
+static tf_status check_shapes(const vit_model *model, const vit_acts *acts, const char *func)
+{
+    const vit_config *m = &model->cfg, *a = &((const vit_scratch *)acts->scratch)->cfg;
+    if (m->image_size != a->image_size || m->channels != a->channels || m->patch != a->patch ||
+        m->d != a->d || m->layers != a->layers || m->heads != a->heads || m->mlp != a->mlp ||
+        m->classes != a->classes)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: activations were created for another configuration (d %d, "
+                            "layers %d, mlp %d) than the model's (d %d, layers %d, mlp %d); "
+                            "create them with vit_acts_create(&model->cfg, ...)",
+                            func, a->d, a->layers, a->mlp, m->d, m->layers, m->mlp);
+    return TF_OK;
+}
+
 tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *images,
                       const int *labels, int batch, float *loss)
 {
@@ -398,6 +415,7 @@ tf_status vit_forward(const vit_model *model, vit_acts *acts, const float *image
                             batch, acts->max_batch);
     if (labels && check_labels(labels, batch, c->classes, "vit_forward") != TF_OK)
         return TF_ERR_ARG;
+    if (check_shapes(model, acts, "vit_forward") != TF_OK) return TF_ERR_ARG;
     vit_scratch *s = acts->scratch;
     int T = vit_tokens(c), N = T - 1, d = c->d, L = c->layers;
     int64_t rows = (int64_t)batch * T;
@@ -524,6 +542,7 @@ tf_status vit_backward(const vit_model *model, vit_acts *acts, const int *labels
     const vit_config *c = &model->cfg;
     if (acts->batch <= 0)
         return tf_error_set(TF_ERR_ARG, "vit_backward: no forward pass on these activations");
+    if (check_shapes(model, acts, "vit_backward") != TF_OK) return TF_ERR_ARG;
     if (!labels) return tf_error_set(TF_ERR_ARG, "vit_backward: labels are NULL");
     if (check_labels(labels, acts->batch, c->classes, "vit_backward") != TF_OK) return TF_ERR_ARG;
     int64_t rows = (int64_t)acts->batch * vit_tokens(c);
@@ -542,6 +561,7 @@ tf_status vit_backward_soft(const vit_model *model, vit_acts *acts, const float 
     const vit_config *c = &model->cfg;
     if (acts->batch <= 0)
         return tf_error_set(TF_ERR_ARG, "vit_backward_soft: no forward pass on these activations");
+    if (check_shapes(model, acts, "vit_backward_soft") != TF_OK) return TF_ERR_ARG;
     if (!targets) return tf_error_set(TF_ERR_ARG, "vit_backward_soft: targets are NULL");
     int64_t rows = (int64_t)acts->batch * vit_tokens(c);
 

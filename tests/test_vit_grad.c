@@ -165,6 +165,20 @@ static void check_guards(void)
     labels[1] = 1;
     TU_CHECK(vit_forward(m, a, images, labels, 2, &loss) == TF_OK, "forward: %s", tf_error_get());
     TU_CHECK(fabsf(loss - logf(3.0f)) < 1e-6f, "zero model loss %g, expected ln 3", loss);
+    vit_config wider = good;
+    wider.d = 16;
+    vit_acts *wide = NULL;
+    TU_CHECK(vit_acts_create(&wider, 2, &wide) == TF_OK, "acts_create: %s", tf_error_get());
+    TU_CHECK(vit_forward(m, wide, images, labels, 2, &loss) == TF_ERR_ARG,
+             "forward with activations of another width accepted");
+    vit_model *wide_model = NULL;
+    TU_CHECK(vit_model_create(&wider, &wide_model) == TF_OK, "model_create: %s", tf_error_get());
+    TU_CHECK(vit_forward(wide_model, wide, images, labels, 2, &loss) == TF_OK, "forward: %s",
+             tf_error_get());
+    TU_CHECK(vit_backward(m, wide, labels, grads) == TF_ERR_ARG,
+             "backward with activations of another width accepted");
+    vit_model_free(&wide_model);
+    vit_acts_free(&wide);
     vit_acts_free(&a);
     vit_acts_free(&a);
     TU_CHECK(a == NULL, "acts_free did not null the pointer");
