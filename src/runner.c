@@ -33,8 +33,7 @@ tf_status runner_make_parent_dirs(const char *path)
         if (*p != '/') continue;
         *p = '\0';
         if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-            return tf_error_set(TF_ERR_IO, "cannot create directory %s: %s", dir,
-                                strerror(errno));
+            return tf_error_set(TF_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
         *p = '/';
     }
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -49,11 +48,24 @@ tf_status runner_make_parent_dirs(const char *path)
  * Every check below runs on rank 0 before any compute (see check_job_on_root), reading
  * only headers and metadata of the inputs. */
 
+/* Data file pairs already checked in this pass, so that tasks sharing their data (the
+ * usual case) decompress each file once. */
+enum { CHECKED_PAIRS_MAX = 16 };
+typedef struct {
+    int count;
+    struct {
+        const char *images, *labels; /* owned by the job */
+        int64_t limit;
+        validate_idx_info info;
+    } pairs[CHECKED_PAIRS_MAX];
+} checked_pairs;
+
 typedef struct {
     const job_file *job;
-    int ranks;       /* size of the communicator the job runs on */
-    int create_dirs; /* 1: create missing output directories; 0: only check they can be */
-    int warn;        /* 1: log warnings (only in the first of the two passes of a run) */
+    int ranks;            /* size of the communicator the job runs on */
+    int create_dirs;      /* 1: create missing output directories; 0: only check they can be */
+    int warn;             /* 1: log warnings (only in the first of the two passes of a run) */
+    checked_pairs *cache; /* NULL: no cache */
 } check_ctx;
 
 /* Returns 1 when a and b name the same file: equal strings, or both exist with the same
@@ -139,19 +151,37 @@ static tf_status check_output(const check_ctx *ctx, const char *path, int overwr
 
 tf_status runner_check_output(const char *path, int overwrite, const char *key)
 {
-    const check_ctx ctx = {.job = NULL, .ranks = 1, .create_dirs = 1, .warn = 0};
+    const check_ctx ctx = {.job = NULL, .ranks = 1, .create_dirs = 1, .warn = 0, .cache = NULL};
     return check_output(&ctx, path, overwrite, key);
 }
 
 /* Checks one image and label file pair against the model that reads it: format and
  * length, image size and channels, and, when check_labels, every used label below the
  * class count. */
-static tf_status check_data_pair(const char *images, const char *labels, int64_t limit,
-                                 const vit_config *model, int check_labels, const char *key,
-                                 validate_idx_info *info)
+static tf_status check_data_pair(const check_ctx *ctx, const char *images, const char *labels,
+                                 int64_t limit, const vit_config *model, int check_labels,
+                                 const char *key, validate_idx_info *info)
 {
-    tf_status st = validate_idx_pair(images, labels, limit, info);
-    if (st != TF_OK) return tf_error_set(st, "%s: %s", key, tf_error_get());
+    checked_pairs *cache = ctx->cache;
+    int cached = 0;
+    for (int i = 0; cache && !cached && i < cache->count; i++) {
+        if (strcmp(cache->pairs[i].images, images) == 0 &&
+            strcmp(cache->pairs[i].labels, labels) == 0 && cache->pairs[i].limit == limit) {
+            *info = cache->pairs[i].info;
+            cached = 1;
+        }
+    }
+    if (!cached) {
+        tf_status st = validate_idx_pair(images, labels, limit, info);
+        if (st != TF_OK) return tf_error_set(st, "%s: %s", key, tf_error_get());
+        if (cache && cache->count < CHECKED_PAIRS_MAX) {
+            cache->pairs[cache->count].images = images;
+            cache->pairs[cache->count].labels = labels;
+            cache->pairs[cache->count].limit = limit;
+            cache->pairs[cache->count].info = *info;
+            cache->count++;
+        }
+    }
     if (info->rows != model->image_size || info->cols != model->image_size)
         return tf_error_set(TF_ERR_ARG,
                             "%s: images in '%s' are %d x %d pixels, but the model "
@@ -173,17 +203,18 @@ static tf_status check_data_pair(const char *images, const char *labels, int64_t
 
 /* Checks the training and test files of a task; check_train_labels is 0 when no training
  * step reads the training labels. */
-static tf_status check_data(const job_data *data, const vit_config *model, int check_train_labels,
-                            int index, validate_idx_info *train, validate_idx_info *test)
+static tf_status check_data(const check_ctx *ctx, const job_data *data, const vit_config *model,
+                            int check_train_labels, int index, validate_idx_info *train,
+                            validate_idx_info *test)
 {
     char key[96];
     snprintf(key, sizeof key, "tasks[%d].data (training images)", index);
-    tf_status st = check_data_pair(data->train_images, data->train_labels, data->train_limit, model,
-                                   check_train_labels, key, train);
+    tf_status st = check_data_pair(ctx, data->train_images, data->train_labels, data->train_limit,
+                                   model, check_train_labels, key, train);
     if (st != TF_OK) return st;
     snprintf(key, sizeof key, "tasks[%d].data (test images)", index);
-    return check_data_pair(data->test_images, data->test_labels, data->test_limit, model, 1, key,
-                           test);
+    return check_data_pair(ctx, data->test_images, data->test_labels, data->test_limit, model, 1,
+                           key, test);
 }
 
 /* Checks a global batch against the training images and the ranks that share it. */
@@ -207,7 +238,7 @@ static tf_status check_train(const check_ctx *ctx, const job_train *t, int index
     validate_idx_info train, test;
     tf_status st = vit_config_validate(&t->model);
     if (st != TF_OK) return tf_error_set(st, "tasks[%d].model: %s", index, tf_error_get());
-    st = check_data(&t->data, &t->model, 1, index, &train, &test);
+    st = check_data(ctx, &t->data, &t->model, 1, index, &train, &test);
     if (st != TF_OK) return st;
     snprintf(key, sizeof key, "tasks[%d].batch_size", index);
     if ((st = check_batch(ctx, t->batch_size, &train, key)) != TF_OK) return st;
@@ -329,7 +360,7 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
     if ((st = check_methods(f, cfgs, index)) != TF_OK) return st;
 
     const int finetune = f->finetune.steps > 0;
-    st = check_data(&f->data, &cfgs[f->anchor], finetune, index, &train, &test);
+    st = check_data(ctx, &f->data, &cfgs[f->anchor], finetune, index, &train, &test);
     if (st != TF_OK) return st;
     if (f->calib_samples > train.used)
         return tf_error_set(TF_ERR_ARG,
@@ -437,9 +468,14 @@ static tf_status check_job_on_root(MPI_Comm comm, const job_file *job, int valid
         char message[2048];
     } report = {TF_OK, ""};
     if (rank == 0) {
-        check_ctx ctx = {
-            .job = job, .ranks = size, .create_dirs = !validate_only, .warn = validate_only};
+        checked_pairs *cache = tf_calloc(1, sizeof *cache);
+        check_ctx ctx = {.job = job,
+                         .ranks = size,
+                         .create_dirs = !validate_only,
+                         .warn = validate_only,
+                         .cache = cache};
         report.status = (int)check_job(&ctx);
+        free(cache);
         if (report.status != TF_OK)
             snprintf(report.message, sizeof report.message, "%s", tf_error_get());
     }
