@@ -23,7 +23,7 @@ static const char *const param_names[BERT_NUM_PARAMS] = {
 
 void bert_config_default(bert_config *cfg)
 {
-    cfg->vocab = 4096;
+    cfg->vocab = TOK_DEFAULT_VOCAB;
     cfg->seq_len = 64;
     cfg->d = 128;
     cfg->layers = 4;

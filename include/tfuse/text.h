@@ -21,6 +21,11 @@
 /* Special tokens, with fixed ids at the start of every vocabulary. */
 enum { TOK_PAD = 0, TOK_UNK = 1, TOK_CLS = 2, TOK_SEP = 3, TOK_MASK = 4, TOK_NUM_SPECIAL = 5 };
 
+/* Default vocabulary size for tok_train, equal to the vocab of bert_config_default. On the
+ * King James Bible, trained without the default held-out books, it maps no word of any book
+ * to [UNK]. */
+#define TOK_DEFAULT_VOCAB 4096
+
 /* Maximum length in bytes of a word that the tokenizer splits into pieces. */
 #define TOK_MAX_WORD 100
 
