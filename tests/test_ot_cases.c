@@ -100,6 +100,12 @@ static void test_bad_input(void)
         expect_arg_error(bad[k].field,
                          ot_sinkhorn_solve(N, M, cost, mu, nu, &bad[k].opt, plan, &info),
                          bad[k].field);
+    /* info is optional for both solvers. */
+    TU_CHECK(ot_emd_solve(N, M, cost, mu, nu, plan, NULL) == TF_OK, "emd with info NULL: %s",
+             tf_error_get());
+    TU_CHECK(ot_sinkhorn_solve(N, M, cost, mu, nu, &opt, plan, NULL) == TF_OK,
+             "sinkhorn with info NULL: %s", tf_error_get());
+
     expect_arg_error("sinkhorn NULL options",
                      ot_sinkhorn_solve(N, M, cost, mu, nu, NULL, plan, &info), "options");
 }
