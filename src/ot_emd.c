@@ -342,7 +342,7 @@ done:
  * Rows are added one at a time by shortest augmenting paths over the columns (successive
  * shortest paths), with the invariant that each assigned row sits at a column of minimum
  * reduced cost c_ij - v_j. The path search is a dense Dijkstra whose relaxation and
- * minimum search run over all m columns in vector registers; scanned columns are marked
+ * minimum search run over all m columns in vector registers. Scanned columns are marked
  * by key -inf, which no relaxation can lower further. */
 typedef struct {
     int n, m, cap;
