@@ -96,6 +96,9 @@ static tf_status check_output_dir(const char *path, const char *key, int create)
     char existing[JOB_PATH_MAX];
     snprintf(existing, sizeof existing, "%s", dir);
     while (stat(existing, &sb) != 0) {
+        if (strcmp(existing, ".") == 0 || strcmp(existing, "/") == 0)
+            return tf_error_set(TF_ERR_IO, "output %s (%s) cannot be written: %s", path, key,
+                                strerror(errno));
         char *up = strrchr(existing, '/');
         if (!up)
             snprintf(existing, sizeof existing, ".");
@@ -381,64 +384,81 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
     return check_fuse_outputs(ctx, f, index);
 }
 
-/* Collects the output paths of every task (at most max) into paths. */
-static int job_outputs(const job_file *job, char (*paths)[JOB_PATH_MAX + 80], int max)
+/* One output file of a job, and whether a train task writes it. */
+typedef struct {
+    char path[JOB_PATH_MAX + 80];
+    int from_train;
+} job_output;
+
+/* Lists the outputs of every task into *out (caller frees); returns the count or -1. */
+static int job_outputs(const job_file *job, job_output **out)
 {
+    int total = 0;
+    for (int i = 0; i < job->n_tasks; i++) {
+        const job_task *task = &job->tasks[i];
+        if (task->kind == JOB_TASK_TRAIN)
+            total++;
+        else
+            total += (task->fuse.output_dir[0] ? task->fuse.n_methods : 0) + !!task->fuse.report[0];
+    }
+    job_output *list = tf_calloc((size_t)total + 1, sizeof *list);
+    if (!list) return -1;
     int n = 0;
     for (int i = 0; i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];
+        const job_fuse *f = &task->fuse;
         if (task->kind == JOB_TASK_TRAIN) {
-            if (n < max) snprintf(paths[n++], JOB_PATH_MAX + 80, "%s", task->train.output);
+            snprintf(list[n].path, sizeof list[n].path, "%s", task->train.output);
+            list[n++].from_train = 1;
             continue;
         }
-        const job_fuse *f = &task->fuse;
-        for (int m = 0; f->output_dir[0] && m < f->n_methods && n < max; m++)
-            snprintf(paths[n++], JOB_PATH_MAX + 80, "%s/%s.h5", f->output_dir, f->methods[m].name);
-        if (f->report[0] && n < max) snprintf(paths[n++], JOB_PATH_MAX + 80, "%s", f->report);
+        for (int m = 0; f->output_dir[0] && m < f->n_methods; m++)
+            snprintf(list[n++].path, sizeof list[0].path, "%s/%s.h5", f->output_dir,
+                     f->methods[m].name);
+        if (f->report[0]) snprintf(list[n++].path, sizeof list[0].path, "%s", f->report);
     }
+    *out = list;
     return n;
 }
 
-/* Returns 1 when path is one of the files some task reads. */
-static int is_job_input(const job_file *job, const char *path)
+/* Returns 1 when writing `out` would replace a file that the job reads: a data file, or a
+ * parent unless a train task writes it (the usual train-then-fuse job). */
+static int replaces_input(const job_file *job, const job_output *out)
 {
     for (int i = 0; i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];
         const job_data *d = task->kind == JOB_TASK_TRAIN ? &task->train.data : &task->fuse.data;
-        if (same_file(path, d->train_images) || same_file(path, d->train_labels) ||
-            same_file(path, d->test_images) || same_file(path, d->test_labels))
+        if (same_file(out->path, d->train_images) || same_file(out->path, d->train_labels) ||
+            same_file(out->path, d->test_images) || same_file(out->path, d->test_labels))
             return 1;
-        for (int p = 0; task->kind == JOB_TASK_FUSE && p < task->fuse.n_parents; p++)
-            if (same_file(path, task->fuse.parents[p]) &&
-                (task->fuse.output_dir[0] || task->fuse.report[0]))
-                return runner_file_exists(path);
+        for (int p = 0; task->kind == JOB_TASK_FUSE && !out->from_train && p < task->fuse.n_parents;
+             p++)
+            if (same_file(out->path, task->fuse.parents[p])) return 1;
     }
     return 0;
 }
 
-/* No two outputs of a job may be the same file, and no output may replace an input that
- * exists before the job starts. */
+/* No two outputs of a job may be the same file, and no output may replace an input. */
 static tf_status check_job_outputs(const job_file *job)
 {
-    enum { MAX_OUTPUTS = 4096 };
-    char(*paths)[JOB_PATH_MAX + 80] = tf_malloc(MAX_OUTPUTS * sizeof *paths);
-    if (!paths) return TF_ERR_NOMEM;
-    int n = job_outputs(job, paths, MAX_OUTPUTS);
+    job_output *outputs = NULL;
+    int n = job_outputs(job, &outputs);
+    if (n < 0) return TF_ERR_NOMEM;
     tf_status st = TF_OK;
     for (int i = 0; st == TF_OK && i < n; i++) {
         for (int j = 0; st == TF_OK && j < i; j++)
-            if (same_file(paths[i], paths[j]))
+            if (same_file(outputs[i].path, outputs[j].path))
                 st = tf_error_set(TF_ERR_ARG,
                                   "two outputs of the job are the same file %s; give "
                                   "each task and method its own output",
-                                  paths[i]);
-        if (st == TF_OK && is_job_input(job, paths[i]))
+                                  outputs[i].path);
+        if (st == TF_OK && replaces_input(job, &outputs[i]))
             st = tf_error_set(TF_ERR_ARG,
                               "output %s is also an input of the job; choose another "
                               "output path",
-                              paths[i]);
+                              outputs[i].path);
     }
-    free(paths);
+    free(outputs);
     return st;
 }
 

@@ -273,6 +273,23 @@ expect no_directory_created_run '{"tasks": ['"$(train @O@/new/dir/x.h5)"', '"$(t
     'tasks\[1\].batch_size'
 if [[ -e $O/new ]]; then fail no_directory_created "a failed validation created $O/new"; fi
 
+# A job that retrains an existing parent (with overwrite) and then fuses it is valid: the
+# train task's output may be a parent of a later fuse task.
+if selected retrain_then_fuse_valid; then
+    write_job retrain_then_fuse_valid '{"tasks": ['"$(train @O@/q.h5 '"steps": 1, "overwrite": true')"', '"$(fuse @O@/p.h5 @O@/q.h5)"']}'
+    before=$(snapshot)
+    launch --validate "$J/retrain_then_fuse_valid.json" > "$L/retrain_then_fuse_valid.out" \
+        2> "$L/retrain_then_fuse_valid.err"
+    rc=$?
+    if [[ $rc -ne 0 ]]; then
+        fail retrain_then_fuse_valid "exit status $rc: $(head -c 300 "$L/retrain_then_fuse_valid.err")"
+    elif [[ "$before" != "$(snapshot)" ]]; then
+        fail retrain_then_fuse_valid "--validate changed the output directory"
+    else
+        passed=$((passed + 1))
+    fi
+fi
+
 # ---- Faults --------------------------------------------------------------------------------
 # A run killed by SIGTERM during training must leave no output and no temporary file.
 if selected sigterm_mid_training; then
