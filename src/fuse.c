@@ -53,7 +53,7 @@ void fuse_maps_free(fuse_maps **maps)
     *maps = NULL;
 }
 
-static fuse_maps *maps_create(int layers)
+fuse_maps *fuse_maps_create(int layers)
 {
     fuse_maps *m = tf_calloc(1, sizeof *m);
     if (!m) return NULL;
@@ -145,11 +145,11 @@ static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int
 
 /* Map of the position embeddings: each of the d dimensions is a point in R^T (a column
  * of pos), compared by Euclidean distance; depends on weights only. */
-tf_status fuse_position_map(const vit_model *parent, const vit_model *anchor,
+tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
                                     const fuse_options *opt, double **out)
 {
-    const int n = parent->cfg.d, m = anchor->cfg.d, T = vit_tokens(&anchor->cfg);
-    const float *pp = parent->p[VIT_POS], *pa = anchor->p[VIT_POS];
+    const int n = parent->cfg.d, m = anchor->cfg.d, T = anchor->pos_rows;
+    const float *pp = parent->pos, *pa = anchor->pos;
     double *cost = tf_malloc((size_t)n * m * sizeof(double));
     double *plan = tf_malloc((size_t)n * m * sizeof(double));
     tf_status st = cost && plan ? TF_OK : TF_ERR_NOMEM;
@@ -254,8 +254,8 @@ static tf_status stream_maps_joint(const fuse_stats *stats, const fuse_options *
 }
 
 /* Stream maps with one map per join, combined by the residual policy. */
-static tf_status stream_maps_per_join(const fuse_stats *stats, const vit_model *parent,
-                                      const vit_model *anchor, const fuse_options *opt,
+static tf_status stream_maps_per_join(const fuse_stats *stats, const fuse_view *parent,
+                                      const fuse_view *anchor, const fuse_options *opt,
                                       fuse_maps *maps)
 {
     const int L = maps->layers, d_p = parent->cfg.d, d_a = anchor->cfg.d;
@@ -332,8 +332,8 @@ static tf_status layer_maps(const fuse_stats *stats, const fuse_options *opt, fu
     return map_from_blocks(stats, &v, 1, opt, opt->solver_attn, what, &maps->v[l]);
 }
 
-tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
-                               const vit_model *anchor, const fuse_options *opt,
+tf_status fuse_head_aware_maps(const fuse_stats *stats, const fuse_view *parent,
+                               const fuse_view *anchor, const fuse_options *opt,
                                fuse_maps *maps, int layer);
 
 /* Calibration images per chunk of the reproducible reduction. Fixed, so that the sums do
@@ -350,6 +350,7 @@ typedef struct {
     const int *tokens;
     vit_acts **acts; /* [n_parents] forward buffers for one chunk */
     fuse_stats **stats; /* [n_parents] scratch sums of one chunk (NULL at the anchor) */
+    double t_forward, t_sums; /* seconds spent in forward passes and in the sums */
 } stats_chunk_ctx;
 
 /* Statistics of one chunk of calibration images: a forward pass of every parent, then the
@@ -363,8 +364,11 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
                                                                  : FUSE_CHUNK_IMAGES);
     const float *x = c->images + start * c->image_len;
     tf_status st = TF_OK;
+    double t0 = tf_seconds();
     for (int p = 0; st == TF_OK && p < c->n_parents; p++)
         st = vit_forward(c->parents[p], c->acts[p], x, NULL, B, NULL);
+    double t1 = tf_seconds();
+    c->t_forward += t1 - t0;
     int64_t off = 0;
     for (int p = 0; st == TF_OK && p < c->n_parents; p++) {
         fuse_stats *s = c->stats[p];
@@ -378,6 +382,7 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
         buffer[off + s->buffer_len] = s->samples;
         off += s->buffer_len + 1;
     }
+    c->t_sums += tf_seconds() - t1;
     return st == TF_OK && off != len
                ? tf_error_set(TF_ERR_ARG, "stats_chunk_fill: wrote %lld of %lld values",
                               (long long)off, (long long)len)
@@ -414,8 +419,12 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
     if (st == TF_OK && any_failed)
         st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
     const int64_t n_chunks = (n_images + FUSE_CHUNK_IMAGES - 1) / FUSE_CHUNK_IMAGES;
+    double t0 = tf_seconds();
     if (st == TF_OK)
         st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
+    TF_INFO("fuse timing: statistics on rank 0: forward passes %.3f s, sums %.3f s, waiting and "
+            "reduction %.3f s (%lld values per chunk)", ctx.t_forward, ctx.t_sums,
+            tf_seconds() - t0 - ctx.t_forward - ctx.t_sums, (long long)len);
     int64_t off = 0;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
@@ -494,10 +503,10 @@ static void unit_estimate(ot_unit *u, const vit_config *cp, const vit_config *ca
  * problem at or above opt->ot_dist_threshold run on all ranks together, the others go,
  * largest estimate first, to the least loaded rank (lowest rank on ties). Every rank
  * computes the same list. Returns the count, or -1 if out of memory. */
-static int units_plan(vit_model *const *parents, int n_parents, int anchor,
+static int units_plan(const fuse_view *views, int n_parents, int anchor,
                       const fuse_options *opt, int size, ot_unit **out)
 {
-    const int L = parents[anchor]->cfg.layers;
+    const int L = views[anchor].cfg.layers;
     const int per_parent = opt->cost == FUSE_COST_WEIGHT ? 1 : 1 + L;
     ot_unit *u = tf_calloc((size_t)n_parents * per_parent, sizeof *u);
     double *load = tf_calloc((size_t)size, sizeof(double));
@@ -515,7 +524,7 @@ static int units_plan(vit_model *const *parents, int n_parents, int anchor,
             x->kind = opt->cost == FUSE_COST_WEIGHT ? UNIT_WEIGHT : k == 0 ? UNIT_STREAM
                                                                           : UNIT_LAYER;
             x->layer = k - 1;
-            unit_estimate(x, &parents[p]->cfg, &parents[anchor]->cfg, opt);
+            unit_estimate(x, &views[p].cfg, &views[anchor].cfg, opt);
         }
     }
 
@@ -543,13 +552,18 @@ static int units_plan(vit_model *const *parents, int n_parents, int anchor,
     return count;
 }
 
-static tf_status unit_run(const ot_unit *u, vit_model *const *parents, int anchor,
+static tf_status unit_run(const ot_unit *u, const fuse_view *views, int anchor,
                           fuse_stats **stats, const fuse_options *opt, fuse_maps **maps)
 {
     const int p = u->parent;
-    const vit_model *parent = parents[p], *anchor_model = parents[anchor];
+    const fuse_view *parent = &views[p], *anchor_model = &views[anchor];
     tf_status st = TF_OK;
-    if (u->kind == UNIT_WEIGHT) return fuse_weight_maps(parent, anchor_model, opt, maps[p]);
+    if (u->kind == UNIT_WEIGHT) {
+        if (!parent->vit || !anchor_model->vit)
+            return tf_error_set(TF_ERR_ARG, "weight-based costs are implemented for ViT models "
+                                "only; use \"cost\": \"activation\"");
+        return fuse_weight_maps(parent->vit, anchor_model->vit, opt, maps[p]);
+    }
     if (u->kind == UNIT_STREAM) {
         if (opt->residual == FUSE_RESIDUAL_JOINT)
             return stream_maps_joint(stats[p], opt, maps[p], parent->cfg.d, anchor_model->cfg.d);
@@ -626,18 +640,18 @@ static tf_status unit_broadcast(MPI_Comm comm, int rank, const ot_unit *u, tf_st
 
 /* Runs every unit: first those run by all ranks together (distributed Sinkhorn), then
  * each rank its own, then each owner broadcasts its plans. Every rank returns all maps. */
-static tf_status solve_units(MPI_Comm comm, vit_model *const *parents, int n_parents,
+tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
                              int anchor, fuse_stats **stats, const fuse_options *opt,
                              fuse_maps **maps)
 {
     int rank, size;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    if (parents[anchor]->cfg.layers > 64)
+    if (views[anchor].cfg.layers > 64)
         return tf_error_set(TF_ERR_ARG, "fusion supports at most 64 layers, found %d",
-                            parents[anchor]->cfg.layers);
+                            views[anchor].cfg.layers);
     ot_unit *units = NULL;
-    const int count = units_plan(parents, n_parents, anchor, opt, size, &units);
+    const int count = units_plan(views, n_parents, anchor, opt, size, &units);
     if (count < 0) return TF_ERR_NOMEM;
     tf_status st = TF_OK;
     double t0 = tf_seconds(), work = 0, total_work = 0;
@@ -648,7 +662,7 @@ static tf_status solve_units(MPI_Comm comm, vit_model *const *parents, int n_par
     dist_solve.comm = comm;
     dist_solve.threshold = opt->ot_dist_threshold;
     for (int i = 0; st == TF_OK && i < count; i++)
-        if (units[i].owner < 0) st = unit_run(&units[i], parents, anchor, stats, opt, maps);
+        if (units[i].owner < 0) st = unit_run(&units[i], views, anchor, stats, opt, maps);
     dist_solve.comm = MPI_COMM_NULL;
     const double t_dist = tf_seconds() - t0;
 
@@ -657,7 +671,7 @@ static tf_status solve_units(MPI_Comm comm, vit_model *const *parents, int n_par
     if (!status) st = TF_ERR_NOMEM;
     for (int i = 0; st == TF_OK && i < count; i++) {
         if (units[i].owner != rank) continue;
-        status[i] = unit_run(&units[i], parents, anchor, stats, opt, maps);
+        status[i] = unit_run(&units[i], views, anchor, stats, opt, maps);
         work += units[i].work;
         mine++;
     }
@@ -673,8 +687,8 @@ static tf_status solve_units(MPI_Comm comm, vit_model *const *parents, int n_par
     for (int i = 0; st == TF_OK && i < count; i++) {
         if (units[i].owner < 0) continue;
         const int p = units[i].parent;
-        st = unit_broadcast(comm, rank, &units[i], status[i], maps[p], &parents[p]->cfg,
-                            &parents[anchor]->cfg);
+        st = unit_broadcast(comm, rank, &units[i], status[i], maps[p], &views[p].cfg,
+                            &views[anchor].cfg);
     }
     TF_INFO("fuse timing: OT %d units over %d ranks: distributed %.3f s, local %.3f s (max over "
             "ranks; rank 0: %d units, %.0f %% of the estimated work), broadcast %.3f s",
@@ -704,6 +718,14 @@ static tf_status check_compatible(vit_model *const *parents, int n_parents, int 
     return TF_OK;
 }
 
+void fuse_view_vit(const vit_model *m, fuse_view *v)
+{
+    v->cfg = m->cfg;
+    v->pos = m->p[VIT_POS];
+    v->pos_rows = vit_tokens(&m->cfg);
+    v->vit = m;
+}
+
 tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
                             int anchor, const float *images, int64_t n_images,
                             const fuse_options *opt, fuse_maps ***maps_out)
@@ -731,10 +753,14 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     /* Step 2: the OT problems of all parents, spread over the ranks, then broadcast. */
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
-        maps[p] = maps_create(parents[anchor]->cfg.layers);
+        maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
         if (!maps[p]) st = TF_ERR_NOMEM;
     }
-    if (st == TF_OK) st = solve_units(comm, parents, n_parents, anchor, stats, opt, maps);
+    fuse_view *views = tf_calloc((size_t)n_parents, sizeof *views);
+    if (st == TF_OK && !views) st = TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n_parents; p++) fuse_view_vit(parents[p], &views[p]);
+    if (st == TF_OK) st = fuse_solve_units(comm, views, n_parents, anchor, stats, opt, maps);
+    free(views);
 
     for (int p = 0; stats && p < n_parents; p++) fuse_stats_free(&stats[p]);
     free(stats);

@@ -85,8 +85,8 @@ tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int
     return st;
 }
 
-tf_status fuse_head_aware_maps(const fuse_stats *stats, const vit_model *parent,
-                               const vit_model *anchor, const fuse_options *opt,
+tf_status fuse_head_aware_maps(const fuse_stats *stats, const fuse_view *parent,
+                               const fuse_view *anchor, const fuse_options *opt,
                                fuse_maps *maps, int layer)
 {
     const int n = parent->cfg.d, m = anchor->cfg.d, heads = anchor->cfg.heads, l = layer;

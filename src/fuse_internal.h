@@ -94,8 +94,32 @@ tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int
 double *fuse_join_plans(const double *skip, const double *branch, int64_t count,
                         const fuse_options *opt, double branch_weight);
 
+/* What the OT stage needs of a model, whatever its architecture. */
+typedef struct {
+    vit_config cfg;       /* d, mlp, heads and layers; the other fields matter for ViT only */
+    const float *pos;     /* position embeddings (pos_rows, d) */
+    int pos_rows;
+    const vit_model *vit; /* the model when it is a ViT (weight-based costs), else NULL */
+} fuse_view;
+
+void fuse_view_vit(const vit_model *m, fuse_view *v);
+
+/* A maps record with every plan NULL, for `layers` layers. */
+fuse_maps *fuse_maps_create(int layers);
+
+/* Collective on comm. Solves every OT problem of every non-anchor parent from the
+ * statistics, spread over the ranks, and broadcasts the plans, so that every rank returns
+ * all maps. maps[p] must be created for p != anchor. */
+tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
+                           fuse_stats **stats, const fuse_options *opt, fuse_maps **maps);
+
+/* Adds rows samples of one block: xp (rows, n) from the parent, xa (rows, m) from the
+ * anchor. Does not count samples (see fuse_stats.samples). */
+void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa,
+                    int64_t rows);
+
 /* Position-embedding plan from the columns of the two models' position embeddings. */
-tf_status fuse_position_map(const vit_model *parent, const vit_model *anchor,
+tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
                             const fuse_options *opt, double **out);
 
 /* Every map from weights alone, layer by layer (each layer's costs use the maps of its

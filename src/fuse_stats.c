@@ -112,6 +112,17 @@ static void add_sums(const double *x, int64_t rows, int width, double *sum, doub
         }
 }
 
+void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa,
+                    int64_t rows)
+{
+    fuse_block_stats *k = &stats->block[block];
+    add_sums(xp, rows, k->n, k->sum_p, k->sq_p);
+    add_sums(xa, rows, k->m, k->sum_a, k->sq_a);
+    /* cross (n, m) += xp^T (n, R) xa (R, m) */
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k->n, k->m, (int)rows, 1.0, xp, k->n,
+                xa, k->m, 1.0, k->cross, k->m);
+}
+
 tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent,
                                 const vit_acts *acts_p, const vit_model *anchor,
                                 const vit_acts *acts_a, const int *tokens, int n_tokens)
@@ -128,14 +139,9 @@ tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent,
         return TF_ERR_NOMEM;
     }
     for (int b = 0; b < stats->n_blocks; b++) {
-        fuse_block_stats *k = &stats->block[b];
         gather_block(parent, acts_p, b, tokens, n_tokens, xp);
         gather_block(anchor, acts_a, b, tokens, n_tokens, xa);
-        add_sums(xp, rows, k->n, k->sum_p, k->sq_p);
-        add_sums(xa, rows, k->m, k->sum_a, k->sq_a);
-        /* cross (n, m) += xp^T (n, R) xa (R, m) */
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k->n, k->m, (int)rows, 1.0, xp,
-                    k->n, xa, k->m, 1.0, k->cross, k->m);
+        fuse_stats_add(stats, b, xp, xa, rows);
     }
     stats->samples += (double)rows;
     free(xp);

@@ -212,7 +212,10 @@ tf_status fuse_weight_maps(const vit_model *pm, const vit_model *am, const fuse_
                          am->p[VIT_PATCH_W], am->p[VIT_PATCH_B], P, NULL};
     tf_status st = weight_map(&patch, 1, dp, da, opt, opt->solver_stream,
                               "patch embedding (weights)", &maps->patch);
-    if (st == TF_OK) st = fuse_position_map(pm, am, opt, &maps->pos);
+    fuse_view vp, va;
+    fuse_view_vit(pm, &vp);
+    fuse_view_vit(am, &va);
+    if (st == TF_OK) st = fuse_position_map(&vp, &va, opt, &maps->pos);
     if (st != TF_OK) return st;
     maps->stream0 = fuse_join_plans(maps->pos, maps->patch, size, opt, 0.5);
     if (!maps->stream0) return TF_ERR_NOMEM;
