@@ -1,6 +1,7 @@
 /* Job file parser. Every object is checked against its list of allowed keys before any
  * value is read, so a misspelled key is reported instead of silently taking a default. */
 #include "tfuse/job.h"
+#include "tfuse/text.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -172,16 +173,13 @@ static tf_status get_choice(const parse_ctx *ctx, const cJSON *obj, const char *
         if (st_ != TF_OK) return st_;                                                              \
     } while (0)
 
-static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                             vit_config *cfg)
+static tf_status parse_vit_model(const parse_ctx *ctx, const cJSON *obj, const char *path,
+                                 vit_config *cfg)
 {
     static const char *const keys[] = {
         "architecture", "image_size", "channels", "patch",  "d", "layers",
         "heads",        "mlp",        "classes",  "ln_eps", NULL};
-    static const char *const archs[] = {"vit", NULL};
-    int arch = 0;
     TRY(check_keys(ctx, obj, path, keys));
-    TRY(get_choice(ctx, obj, path, "architecture", archs, 0, &arch));
     TRY(get_int(ctx, obj, path, "image_size", 0, 28, 1, 4096, &cfg->image_size));
     TRY(get_int(ctx, obj, path, "channels", 0, 1, 1, 64, &cfg->channels));
     TRY(get_int(ctx, obj, path, "patch", 0, 7, 1, 4096, &cfg->patch));
@@ -197,6 +195,87 @@ static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char 
     if (cfg->d % cfg->heads != 0)
         return tf_error_set(TF_ERR_ARG, "%s: %s.d = %d is not a multiple of heads = %d", ctx->file,
                             path, cfg->d, cfg->heads);
+    return TF_OK;
+}
+
+/* BERT model keys, defaults from bert_config_default. Without "vocab" the size is
+ * TOK_DEFAULT_VOCAB, or 0 (the size of the file) when has_vocab_file. */
+static tf_status parse_bert_model(const parse_ctx *ctx, const cJSON *obj, const char *path,
+                                  int has_vocab_file, bert_config *cfg)
+{
+    static const char *const keys[] = {"architecture", "vocab", "seq_len", "d", "layers",
+                                       "heads",        "mlp",   "ln_eps",  NULL};
+    bert_config def;
+    bert_config_default(&def);
+    TRY(check_keys(ctx, obj, path, keys));
+    TRY(get_int(ctx, obj, path, "vocab", 0, has_vocab_file ? 0 : def.vocab, TOK_NUM_SPECIAL + 1,
+                1 << 24, &cfg->vocab));
+    TRY(get_int(ctx, obj, path, "seq_len", 0, def.seq_len, 3, 65536, &cfg->seq_len));
+    TRY(get_int(ctx, obj, path, "d", 0, def.d, 1, 65536, &cfg->d));
+    TRY(get_int(ctx, obj, path, "layers", 0, def.layers, 1, 1024, &cfg->layers));
+    TRY(get_int(ctx, obj, path, "heads", 0, def.heads, 1, 4096, &cfg->heads));
+    TRY(get_int(ctx, obj, path, "mlp", 0, def.mlp, 1, 1 << 20, &cfg->mlp));
+    TRY(get_double(ctx, obj, path, "ln_eps", 0, def.ln_eps, 0, 1, &cfg->ln_eps));
+    if (cfg->d % cfg->heads != 0)
+        return tf_error_set(TF_ERR_ARG, "%s: %s.d = %d is not a multiple of heads = %d", ctx->file,
+                            path, cfg->d, cfg->heads);
+    return TF_OK;
+}
+
+/* Reads the model object of a train task; "architecture" picks the key set. */
+static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char *path, job_train *t)
+{
+    static const char *const archs[] = {"vit", "bert", NULL};
+    int arch = 0;
+    if (!cJSON_IsObject(obj))
+        return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object", ctx->file, path);
+    TRY(get_choice(ctx, obj, path, "architecture", archs, 0, &arch));
+    t->arch = arch == 1 ? JOB_ARCH_BERT : JOB_ARCH_VIT;
+    if (t->arch == JOB_ARCH_BERT)
+        return parse_bert_model(ctx, obj, path, t->vocab[0] != 0, &t->bert);
+    return parse_vit_model(ctx, obj, path, &t->model);
+}
+
+#define DEFAULT_CORPUS "runs/data/kjv.tsv"
+
+/* Reads a data object that names a verse corpus (BERT). */
+static tf_status parse_text_data(const parse_ctx *ctx, const cJSON *obj, const char *path,
+                                 job_text *text)
+{
+    static const char *const keys[] = {"corpus",    "heldout",     "mask_prob",
+                                       "eval_seed", "train_limit", NULL};
+    TRY(check_keys(ctx, obj, path, keys));
+    TRY(get_string(ctx, obj, path, "corpus", 0, DEFAULT_CORPUS, text->corpus, sizeof text->corpus));
+    TRY(get_double(ctx, obj, path, "mask_prob", 0, 0.15, 0.001, 1, &text->mask_prob));
+    int64_t seed = 0;
+    TRY(get_int64(ctx, obj, path, "eval_seed", 0, 0, 0, INT64_C(1) << 52, &seed));
+    text->eval_seed = (uint64_t)seed;
+    TRY(get_int64(ctx, obj, path, "train_limit", 0, 0, 0, INT64_C(1) << 40, &text->train_limit));
+
+    const cJSON *heldout = cJSON_GetObjectItemCaseSensitive(obj, "heldout");
+    if (!heldout) {
+        text->n_heldout = CORPUS_DEFAULT_HELDOUT_COUNT;
+        for (int i = 0; i < CORPUS_DEFAULT_HELDOUT_COUNT; i++)
+            snprintf(text->heldout[i], JOB_NAME_MAX, "%s", corpus_default_heldout[i]);
+        return TF_OK;
+    }
+    int n = cJSON_IsArray(heldout) ? cJSON_GetArraySize(heldout) : -1;
+    if (n < 1 || n > JOB_MAX_HELDOUT)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.heldout must be an array of 1 to %d book names, such as "
+                            "[\"Ruth\", \"Mark\"]",
+                            ctx->file, path, JOB_MAX_HELDOUT);
+    text->n_heldout = n;
+    for (int i = 0; i < n; i++) {
+        const cJSON *item = cJSON_GetArrayItem(heldout, i);
+        if (!cJSON_IsString(item) || !item->valuestring[0] ||
+            strlen(item->valuestring) >= JOB_NAME_MAX)
+            return tf_error_set(TF_ERR_ARG,
+                                "%s: %s.heldout[%d] must be a book name of 1 to %d "
+                                "characters",
+                                ctx->file, path, i, JOB_NAME_MAX - 1);
+        snprintf(text->heldout[i], JOB_NAME_MAX, "%s", item->valuestring);
+    }
     return TF_OK;
 }
 
@@ -254,16 +333,31 @@ static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char 
 {
     static const char *const keys[] = {"task",   "name",      "model",      "data", "optimizer",
                                        "epochs", "steps",     "batch_size", "seed", "log_every",
-                                       "output", "overwrite", NULL};
+                                       "output", "overwrite", "vocab",      NULL};
     char sub[256];
     TRY(check_keys(ctx, obj, path, keys));
     TRY(get_string(ctx, obj, path, "name", 0, "train", t->name, sizeof t->name));
+    TRY(get_string(ctx, obj, path, "vocab", 0, "", t->vocab, sizeof t->vocab));
     snprintf(sub, sizeof sub, "%s.model", path);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(obj, "model");
     if (!model) return tf_error_set(TF_ERR_ARG, "%s: missing required key %s", ctx->file, sub);
-    TRY(parse_model(ctx, model, sub, &t->model));
+    TRY(parse_model(ctx, model, sub, t));
+    if (t->arch != JOB_ARCH_BERT && t->vocab[0])
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.vocab applies only to \"architecture\": "
+                            "\"bert\"; remove it",
+                            ctx->file, path);
     snprintf(sub, sizeof sub, "%s.data", path);
-    TRY(parse_data(ctx, cJSON_GetObjectItemCaseSensitive(obj, "data"), sub, &t->data));
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(obj, "data");
+    if (t->arch == JOB_ARCH_BERT) {
+        cJSON *empty = data ? NULL : cJSON_CreateObject();
+        t->data.has_text = 1;
+        tf_status st = parse_text_data(ctx, data ? data : empty, sub, &t->data.text);
+        cJSON_Delete(empty);
+        if (st != TF_OK) return st;
+    } else {
+        TRY(parse_data(ctx, data, sub, &t->data));
+    }
     snprintf(sub, sizeof sub, "%s.optimizer", path);
     TRY(parse_optimizer(ctx, cJSON_GetObjectItemCaseSensitive(obj, "optimizer"), sub,
                         &t->optimizer));
@@ -284,11 +378,13 @@ static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char 
 static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char *path,
                               job_method *m)
 {
-    static const char *const keys[] = {
-        "name",       "method",        "cost",      "solver",    "epsilon", "solver_attention",
-        "solver_mlp", "solver_stream", "residual",  "attention", "tokens",  "window",
-        "zscore",     "distance",      "normalize", "repair",   "stream_features",
-        "ot_distributed_threshold", NULL};
+    static const char *const keys[] = {"name",       "method",          "cost",
+                                       "solver",     "epsilon",         "solver_attention",
+                                       "solver_mlp", "solver_stream",   "residual",
+                                       "attention",  "tokens",          "window",
+                                       "zscore",     "distance",        "normalize",
+                                       "repair",     "stream_features", "ot_distributed_threshold",
+                                       NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
     static const char *const costs[] = {"activation", "weight", NULL};
@@ -359,9 +455,9 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
 static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const char *path,
                                 job_finetune *f)
 {
-    static const char *const keys[] = {"steps",        "lr",         "min_lr", "weight_decay",
-                                       "warmup_steps", "batch_size", "seed",   "distill",
-                                       NULL};
+    static const char *const keys[] = {"steps",        "lr",           "min_lr",
+                                       "weight_decay", "warmup_steps", "batch_size",
+                                       "seed",         "distill",      NULL};
     memset(f, 0, sizeof *f);
     if (!obj) return TF_OK;
     TRY(check_keys(ctx, obj, path, keys));
@@ -447,7 +543,13 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
     TRY(get_string(ctx, obj, path, "name", 0, "fuse", f->name, sizeof f->name));
     TRY(parse_parents(ctx, obj, path, f));
     snprintf(sub, sizeof sub, "%s.data", path);
-    TRY(parse_data(ctx, cJSON_GetObjectItemCaseSensitive(obj, "data"), sub, &f->data));
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(obj, "data");
+    if (data && cJSON_GetObjectItemCaseSensitive(data, "corpus")) {
+        f->data.has_text = 1; /* BERT parents; the runner checks the architecture */
+        TRY(parse_text_data(ctx, data, sub, &f->data.text));
+    } else {
+        TRY(parse_data(ctx, data, sub, &f->data));
+    }
     TRY(get_int64(ctx, obj, path, "calibration_samples", 0, 200, 1, INT64_C(1) << 32,
                   &f->calib_samples));
     int64_t seed = 0;

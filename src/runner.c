@@ -239,6 +239,11 @@ static tf_status check_train(const check_ctx *ctx, const job_train *t, int index
 {
     char key[64];
     validate_idx_info train, test;
+    if (t->arch == JOB_ARCH_BERT) {
+        tf_status st = runner_check_bert_train(ctx->job, t, index, ctx->ranks, ctx->warn);
+        snprintf(key, sizeof key, "tasks[%d].output", index);
+        return st != TF_OK ? st : check_output(ctx, t->output, t->overwrite, key);
+    }
     tf_status st = vit_config_validate(&t->model);
     if (st != TF_OK) return tf_error_set(st, "tasks[%d].model: %s", index, tf_error_get());
     st = check_data(ctx, &t->data, &t->model, 1, index, &train, &test);
@@ -355,6 +360,15 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
     validate_idx_info train, test;
     vit_config cfgs[JOB_MAX_PARENTS];
     tf_status st;
+    if (runner_parent_is_bert(ctx->job, f, index, 0)) {
+        st = runner_check_bert_fuse(ctx->job, f, index, ctx->ranks, ctx->warn);
+        return st != TF_OK ? st : check_fuse_outputs(ctx, f, index);
+    }
+    if (f->data.has_text)
+        return tf_error_set(TF_ERR_ARG,
+                            "tasks[%d].data names a verse corpus, but parents[0] is not a BERT "
+                            "model; give ViT parents idx image files",
+                            index);
     for (int p = 0; p < f->n_parents; p++)
         if ((st = check_parent(ctx, f, index, p, &cfgs[p])) != TF_OK) return st;
     for (int p = 0; p < f->n_parents; p++)
@@ -517,6 +531,7 @@ tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_
 
 static tf_status run_train(MPI_Comm comm, const job_train *t)
 {
+    if (t->arch == JOB_ARCH_BERT) return runner_run_train_bert(comm, t);
     tf_image_set *train = NULL, *test = NULL;
     vit_model *model = NULL;
     double accuracy = 0, loss = 0;

@@ -199,6 +199,7 @@ static void print_table(const job_fuse *f, const double *parent_acc,
 
 tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
 {
+    if (runner_fuse_is_bert(comm, f)) return runner_run_fuse_bert(comm, f);
     int rank;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     const int n = f->n_parents;

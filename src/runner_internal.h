@@ -13,4 +13,24 @@ tf_status runner_check_output(const char *path, int overwrite, const char *key);
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test);
 tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f);
 
+/* ---- BERT tasks (src/runner_bert.c) ---- */
+
+/* Checks the inputs of BERT train task `index` on one rank before any compute:
+ * configuration, corpus, held-out books, vocabulary file (unless an earlier task of the job
+ * writes it) and batch. Warns when warn (ranks: job size). */
+tf_status runner_check_bert_train(const job_file *job, const job_train *t, int index, int ranks,
+                                  int warn);
+/* Returns 1 when parent p of fuse task `index` is a BERT model: an earlier train task with
+ * "architecture": "bert" writes it, or the file's architecture attribute is "bert". */
+int runner_parent_is_bert(const job_file *job, const job_fuse *f, int index, int p);
+/* Checks a fuse task with BERT parents on one rank: parents, methods, corpus, calibration
+ * and finetune batch. Outputs are checked by the caller. */
+tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int index, int ranks,
+                                 int warn);
+/* Returns 1 when the first parent of f is a BERT model file. Collective on comm. */
+int runner_fuse_is_bert(MPI_Comm comm, const job_fuse *f);
+/* Runs a BERT train or fuse task. Collective on comm. */
+tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t);
+tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f);
+
 #endif

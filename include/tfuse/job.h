@@ -4,6 +4,7 @@
 #ifndef TFUSE_JOB_H
 #define TFUSE_JOB_H
 
+#include "tfuse/bert.h"
 #include "tfuse/common.h"
 #include "tfuse/fuse.h"
 #include "tfuse/vit.h"
@@ -12,6 +13,17 @@
 #define JOB_NAME_MAX 64
 #define JOB_MAX_PARENTS 64
 #define JOB_MAX_METHODS 32
+#define JOB_MAX_HELDOUT 66
+
+/* Verse corpus of a BERT task: the data object with a "corpus" key (docs/JOBS.md). */
+typedef struct {
+    char corpus[JOB_PATH_MAX]; /* corpus file written by tools/bible_corpus.sh */
+    int n_heldout;             /* books held out for evaluation */
+    char heldout[JOB_MAX_HELDOUT][JOB_NAME_MAX];
+    double mask_prob;    /* MLM selection probability, 0.15 in BERT */
+    uint64_t eval_seed;  /* seed of the evaluation masks, equal for every model scored */
+    int64_t train_limit; /* training sequences used, 0 = all */
+} job_text;
 
 typedef struct {
     char train_images[JOB_PATH_MAX];
@@ -20,6 +32,8 @@ typedef struct {
     char test_labels[JOB_PATH_MAX];
     int64_t train_limit; /* images used, 0 = all */
     int64_t test_limit;
+    int has_text; /* 1: a verse corpus for BERT (text), 0: idx image files */
+    job_text text;
 } job_data;
 
 typedef struct {
@@ -27,9 +41,15 @@ typedef struct {
     int64_t warmup_steps;
 } job_optimizer;
 
+enum job_arch { JOB_ARCH_VIT, JOB_ARCH_BERT };
+
 typedef struct {
     char name[JOB_NAME_MAX];
-    vit_config model;
+    enum job_arch arch;
+    vit_config model;         /* JOB_ARCH_VIT */
+    bert_config bert;         /* JOB_ARCH_BERT; bert.vocab 0 takes the size of the vocab file */
+    char vocab[JOB_PATH_MAX]; /* BERT: existing vocabulary file; "" trains one on the
+                                 training books and writes it to <output>.vocab */
     job_data data;
     job_optimizer optimizer;
     int epochs;
@@ -64,9 +84,10 @@ typedef struct {
     char parents[JOB_MAX_PARENTS][JOB_PATH_MAX];
     int anchor;
     double weights[JOB_MAX_PARENTS];
-    job_data data;          /* calibration from train_*, evaluation from test_* */
-    int64_t calib_samples;  /* calibration images */
-    uint64_t calib_seed;    /* which training images are drawn */
+    job_data data;         /* calibration from train_*, evaluation from test_*; for BERT
+                              parents both from the corpus (training and held-out books) */
+    int64_t calib_samples; /* calibration images, or sequences for BERT */
+    uint64_t calib_seed;   /* which training images or sequences are drawn */
     int n_methods;
     job_method methods[JOB_MAX_METHODS];
     job_finetune finetune;
