@@ -633,6 +633,11 @@ static tf_status check_bert_method(const job_method *m, int index, int i)
                             "ViT patches (\"cls\", \"window\"); BERT fusion uses every real "
                             "token, so remove the key",
                             index, i, m->name);
+    if (m->ot.cost != FUSE_COST_ACTIVATION)
+        return tf_error_set(TF_ERR_ARG,
+                            "tasks[%d].methods[%d] (%s): BERT fusion supports \"cost\": "
+                            "\"activation\" only; remove the key",
+                            index, i, m->name);
     if (m->ot.repair != FUSE_REPAIR_NONE)
         return tf_error_set(TF_ERR_ARG,
                             "tasks[%d].methods[%d] (%s): \"repair\" is implemented for ViT "
@@ -677,13 +682,22 @@ tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int ind
                                 "must agree in all four",
                                 index, p, c->vocab, c->seq_len, c->layers, c->heads, a->vocab,
                                 a->seq_len, a->layers, a->heads);
-        for (int m = 0; m < f->n_methods; m++)
+        for (int m = 0; m < f->n_methods; m++) {
+            const job_method *jm = &f->methods[m];
+            if (jm->kind == JOB_METHOD_OT && jm->ot.residual == FUSE_RESIDUAL_IDENTITY &&
+                c->d != a->d)
+                return tf_error_set(TF_ERR_ARG,
+                                    "tasks[%d].methods[%d] (%s): residual \"identity\" needs "
+                                    "equal widths, but parents[%d] has d = %d and the anchor "
+                                    "d = %d",
+                                    index, m, jm->name, p, c->d, a->d);
             if (f->methods[m].kind == JOB_METHOD_VANILLA && (c->d != a->d || c->mlp != a->mlp))
                 return tf_error_set(TF_ERR_ARG,
                                     "tasks[%d].methods[%d] (%s): vanilla averaging needs parents "
                                     "of equal shapes, but parents[%d] has d = %d, mlp = %d and "
                                     "the anchor d = %d, mlp = %d; use \"method\": \"ot\"",
                                     index, m, f->methods[m].name, p, c->d, c->mlp, a->d, a->mlp);
+        }
     }
     for (int m = 0; m < f->n_methods; m++)
         if ((st = check_bert_method(&f->methods[m], index, m)) != TF_OK) return st;
@@ -783,49 +797,102 @@ static tf_status calibration_sequences(const job_fuse *f, const text_seqs *train
     return TF_OK;
 }
 
-/* out = sum_p w[p] models[p] over the whole parameter buffer. */
-static tf_status average_models(bert_model *const *models, const double *w, int n, bert_model *out)
+/* One fused model with what went into it. */
+typedef struct {
+    bert_model *fused;
+    bert_model **aligned; /* (n_parents) parents in the anchor's basis; NULL for vanilla */
+    fuse_maps **maps;     /* (n_parents) maps, NULL for the anchor; NULL for vanilla */
+} bert_fusion;
+
+static void bert_fusion_release(bert_fusion *fu, int n)
 {
-    for (int p = 0; p < n; p++)
-        if (models[p]->num_params != out->num_params)
-            return tf_error_set(TF_ERR_ARG,
-                                "vanilla averaging needs parents of equal shapes; parent %d "
-                                "has %lld parameters and the anchor %lld",
-                                p, (long long)models[p]->num_params, (long long)out->num_params);
-    for (int64_t k = 0; k < out->num_params; k++) {
-        double sum = 0;
-        for (int p = 0; p < n; p++) sum += w[p] * models[p]->params[k];
-        out->params[k] = (float)sum;
-    }
-    return TF_OK;
+    bert_model_free(&fu->fused);
+    for (int p = 0; fu->aligned && p < n; p++) bert_model_free(&fu->aligned[p]);
+    free(fu->aligned);
+    for (int p = 0; fu->maps && p < n; p++) fuse_maps_free(&fu->maps[p]);
+    free(fu->maps);
+    memset(fu, 0, sizeof *fu);
 }
 
 /* Builds one fused model: the weighted average of the parents (vanilla) or of the parents
- * aligned to the anchor with OT. */
+ * aligned to the anchor with OT maps computed on the calibration sequences. Collective. */
 static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method *method,
                               bert_model **parents, const int *calib_ids, const int *calib_lengths,
-                              bert_model *fused)
+                              bert_fusion *fu)
 {
-    (void)comm;
-    (void)calib_ids;
-    (void)calib_lengths;
-    if (method->kind == JOB_METHOD_VANILLA)
-        return average_models(parents, f->weights, f->n_parents, fused);
-    return tf_error_set(TF_ERR_ARG,
-                        "method %s: OT fusion of BERT parents is not available in this build; "
-                        "use \"method\": \"vanilla\"",
-                        method->name);
+    const int n = f->n_parents;
+    tf_status st = bert_model_create(&parents[f->anchor]->cfg, &fu->fused);
+    if (st != TF_OK) return st;
+    if (method->kind == JOB_METHOD_VANILLA) {
+        for (int p = 0; p < n; p++)
+            if (parents[p]->num_params != fu->fused->num_params)
+                return tf_error_set(TF_ERR_ARG,
+                                    "vanilla averaging needs parents of equal shapes; parent %d "
+                                    "has %lld parameters and the anchor %lld",
+                                    p, (long long)parents[p]->num_params,
+                                    (long long)fu->fused->num_params);
+        return fuse_bert_average(parents, f->weights, n, fu->fused);
+    }
+    st = fuse_bert_compute_maps(comm, parents, n, f->anchor, calib_ids, calib_lengths,
+                                f->calib_samples, &method->ot, &fu->maps);
+    if (st != TF_OK) return st;
+    fu->aligned = tf_calloc((size_t)n, sizeof *fu->aligned);
+    if (!fu->aligned) return TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n; p++) {
+        st = bert_model_create(&parents[f->anchor]->cfg, &fu->aligned[p]);
+        if (st != TF_OK) break;
+        if (p == f->anchor)
+            bert_model_copy(fu->aligned[p], parents[p]);
+        else
+            st = fuse_bert_align_parent(parents[p], fu->maps[p], fu->aligned[p]);
+    }
+    if (st == TF_OK) st = fuse_bert_average(fu->aligned, f->weights, n, fu->fused);
+    return st;
+}
+
+/* Writes the transport maps of parent p under /maps/parent<p>/ (d_p, d_a) and (f_p, f_a). */
+static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const bert_model *parent,
+                            const bert_model *anchor)
+{
+    const int64_t dd[2] = {parent->cfg.d, anchor->cfg.d};
+    const int64_t ff[2] = {parent->cfg.mlp, anchor->cfg.mlp};
+    char name[128];
+    tf_status st = TF_OK;
+    if (maps->stream0) {
+        snprintf(name, sizeof name, "maps/parent%d/stream0", p);
+        st = h5f_write_f64(h5, name, 2, dd, maps->stream0);
+    }
+    for (int l = 0; st == TF_OK && l < maps->layers; l++) {
+        const struct {
+            const char *label;
+            const double *plan;
+            const int64_t *dims;
+        } plans[] = {{"qk", maps->qk ? maps->qk[l] : NULL, dd},
+                     {"v", maps->v ? maps->v[l] : NULL, dd},
+                     {"attn_out", maps->attn_out ? maps->attn_out[l] : NULL, dd},
+                     {"stream1", maps->stream1 ? maps->stream1[l] : NULL, dd},
+                     {"fc1", maps->fc1 ? maps->fc1[l] : NULL, ff},
+                     {"mlp_out", maps->mlp_out ? maps->mlp_out[l] : NULL, dd},
+                     {"stream2", maps->stream2 ? maps->stream2[l] : NULL, dd}};
+        for (size_t i = 0; st == TF_OK && i < sizeof plans / sizeof plans[0]; i++) {
+            if (!plans[i].plan) continue;
+            snprintf(name, sizeof name, "maps/parent%d/layer%d/%s", p, l, plans[i].label);
+            st = h5f_write_f64(h5, name, 2, plans[i].dims, plans[i].plan);
+        }
+    }
+    return st;
 }
 
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
-                                   const bert_model *fused, const char *vocab_path)
+                                   bert_model **parents, const bert_fusion *fu,
+                                   const char *vocab_path)
 {
     char path[JOB_PATH_MAX + 80];
     snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
     h5f_file *h5 = NULL;
     tf_status st = h5f_create(comm, path, f->overwrite, &h5);
     if (st != TF_OK) return st;
-    st = bert_model_write(fused, h5, "/");
+    st = bert_model_write(fu->fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
@@ -833,6 +900,12 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
         char key[64];
         snprintf(key, sizeof key, "fusion_parent%d", p);
         st = h5f_set_attr_string(h5, "/", key, f->parents[p]);
+        if (st == TF_OK && fu->aligned && f->save_aligned) {
+            snprintf(key, sizeof key, "aligned/parent%d", p);
+            st = bert_model_write(fu->aligned[p], h5, key);
+        }
+        if (st == TF_OK && fu->maps && fu->maps[p] && f->save_maps)
+            st = write_maps(h5, fu->maps[p], p, parents[p], parents[f->anchor]);
     }
     if (st != TF_OK) {
         h5f_discard(&h5);
@@ -985,27 +1058,27 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *
                             bert_model **parents, const bert_text *d, const int *calib_ids,
                             const int *calib_lengths, const char *vocab_path, bert_method_result *r)
 {
-    bert_model *fused = NULL;
+    bert_fusion fu = {0};
     double t0 = tf_seconds();
     snprintf(r->name, sizeof r->name, "%s", method->name);
-    tf_status st = bert_model_create(&parents[f->anchor]->cfg, &fused);
-    if (st == TF_OK) st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, fused);
+    tf_status st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, &fu);
     r->seconds = tf_seconds() - t0;
-    if (st == TF_OK) st = evaluate(comm, fused, d, &r->one_shot);
+    if (st == TF_OK) st = evaluate(comm, fu.fused, d, &r->one_shot);
     if (st == TF_OK)
         TF_INFO("fuse %s: %s one-shot: held-out MLM loss %.4f, accuracy %.2f %% (built in "
                 "%.2f s)",
                 f->name, method->name, r->one_shot.loss, 100 * r->one_shot.accuracy, r->seconds);
-    if (st == TF_OK && f->output_dir[0]) st = write_method_file(comm, f, method, fused, vocab_path);
+    if (st == TF_OK && f->output_dir[0])
+        st = write_method_file(comm, f, method, parents, &fu, vocab_path);
     if (st == TF_OK && f->finetune.steps > 0) {
-        st = finetune(comm, f, d->train, fused, parents, method->name);
-        if (st == TF_OK) st = evaluate(comm, fused, d, &r->finetuned);
+        st = finetune(comm, f, d->train, fu.fused, parents, method->name);
+        if (st == TF_OK) st = evaluate(comm, fu.fused, d, &r->finetuned);
         r->has_finetuned = st == TF_OK;
         if (st == TF_OK)
             TF_INFO("fuse %s: %s after finetune: held-out MLM loss %.4f, accuracy %.2f %%", f->name,
                     method->name, r->finetuned.loss, 100 * r->finetuned.accuracy);
     }
-    bert_model_free(&fused);
+    bert_fusion_release(&fu, f->n_parents);
     if (st != TF_OK)
         st = tf_error_set(st, "fuse %s, method %s: %s", f->name, method->name, tf_error_get());
     return st;
