@@ -107,20 +107,21 @@ static tf_status validate_idx_scan(gzFile gz, const char *path, int64_t first, i
 }
 
 /* Compares the data bytes found with those the header promises (`need` for the used
- * images, `full` for all of them). */
-static tf_status validate_idx_length(const char *path, const char *what, int64_t found,
-                                     int64_t need, int64_t full, int keep_all)
+ * images, `full` for all of them). The promises are doubles because a corrupt header's
+ * count times its image size can exceed int64. */
+static tf_status validate_idx_length(const char *path, const char *what, int64_t found, double need,
+                                     double full, int keep_all)
 {
-    if (found < need)
+    if ((double)found < need)
         return tf_error_set(TF_ERR_FORMAT,
-                            "idx file '%s' is truncated: its header promises %lld bytes of %s, "
+                            "idx file '%s' is truncated: its header promises %.0f bytes of %s, "
                             "but the file has %lld",
-                            path, (long long)full, what, (long long)found);
-    if (keep_all && found > full)
+                            path, full, what, (long long)found);
+    if (keep_all && (double)found > full)
         return tf_error_set(TF_ERR_FORMAT,
-                            "idx file '%s' has %lld bytes of %s; its header promises %lld, so the "
+                            "idx file '%s' has %lld bytes of %s; its header promises %.0f, so the "
                             "header's count does not match the data",
-                            path, (long long)found, what, (long long)full);
+                            path, (long long)found, what, full);
     return TF_OK;
 }
 
@@ -150,11 +151,11 @@ static tf_status validate_idx_images(const char *path, int64_t limit, validate_i
     info->cols = (int)dims[2];
     int keep_all = limit <= 0 || limit >= info->count;
     info->used = keep_all ? info->count : limit;
-    const int64_t pixels = (int64_t)info->rows * info->cols;
+    const double pixels = (double)info->rows * info->cols;
     status = validate_idx_scan(gz, path, 0, NULL, &found);
     if (status == TF_OK)
-        status = validate_idx_length(path, "pixels", found, info->used * pixels,
-                                     info->count * pixels, keep_all);
+        status = validate_idx_length(path, "pixels", found, (double)info->used * pixels,
+                                     (double)info->count * pixels, keep_all);
 exit:
     if (gz) gzclose(gz);
     return status;
@@ -178,8 +179,8 @@ static tf_status validate_idx_labels(const char *path, const validate_idx_info *
     }
     status = validate_idx_scan(gz, path, images->used, max_label, &found);
     if (status == TF_OK)
-        status = validate_idx_length(path, "labels", found, images->used, images->count,
-                                     images->used == images->count);
+        status = validate_idx_length(path, "labels", found, (double)images->used,
+                                     (double)images->count, images->used == images->count);
 exit:
     if (gz) gzclose(gz);
     return status;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds tfuse with AddressSanitizer and UndefinedBehaviorSanitizer (-DTFUSE_SANITIZE=ON)
 # into build-asan and runs the C test suite there with leak detection. tests/lsan.supp
-# suppresses the leaks whose stacks pass through Open MPI, HDF5 or BLACS; in tfuse's tests
+# suppresses the leaks whose stacks pass through Open MPI or HDF5; in tfuse's tests
 # those are allocations that MPI_Init and HDF5 keep until exit. Extra arguments go to
 # ctest, e.g. -R io.
 #
