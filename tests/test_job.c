@@ -2,6 +2,7 @@
  * the key path and the problem. */
 #include "testutil.h"
 #include "tfuse/job.h"
+#include "tfuse/text.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -112,11 +113,86 @@ static void test_invalid(void)
                  "tasks[0].finetune.steps", "missing");
 }
 
+static void test_bert_valid(void)
+{
+    const char *text =
+        "{\"tasks\": ["
+        " {\"task\": \"train\", \"output\": \"a.h5\", \"steps\": 10,"
+        "  \"model\": {\"architecture\": \"bert\", \"d\": 64, \"vocab\": 512}},"
+        " {\"task\": \"train\", \"output\": \"b.h5\", \"steps\": 10, \"vocab\": \"a.h5.vocab\","
+        "  \"model\": {\"architecture\": \"bert\", \"d\": 64},"
+        "  \"data\": {\"corpus\": \"c.tsv\", \"heldout\": [\"Ruth\", \"Mark\"], \"mask_prob\": 0.2,"
+        "           \"eval_seed\": 5, \"train_limit\": 100}},"
+        " {\"task\": \"fuse\", \"parents\": [\"a.h5\", \"b.h5\"], \"data\": {\"corpus\": "
+        "\"c.tsv\"},"
+        "  \"methods\": [{\"name\": \"ot\"}]}]}";
+    job_file *job = NULL;
+    tf_status st = job_file_parse(text, "bert.json", &job);
+    TU_CHECK(st == TF_OK, "valid BERT job rejected: %s", tf_error_get());
+    if (st != TF_OK) return;
+    bert_config def;
+    bert_config_default(&def);
+    const job_train *a = &job->tasks[0].train, *b = &job->tasks[1].train;
+    TU_CHECK(a->arch == JOB_ARCH_BERT && b->arch == JOB_ARCH_BERT, "architecture not bert");
+    TU_CHECK(a->bert.d == 64 && a->bert.vocab == 512, "model fields wrong: d %d vocab %d",
+             a->bert.d, a->bert.vocab);
+    TU_CHECK(a->bert.layers == def.layers && a->bert.seq_len == def.seq_len &&
+                 a->bert.mlp == def.mlp,
+             "model defaults wrong");
+    TU_CHECK(a->vocab[0] == '\0', "first task has a vocabulary file: %s", a->vocab);
+    TU_CHECK(a->data.has_text && strcmp(a->data.text.corpus, "runs/data/kjv.tsv") == 0,
+             "default corpus wrong: %s", a->data.text.corpus);
+    TU_CHECK(a->data.text.n_heldout == CORPUS_DEFAULT_HELDOUT_COUNT &&
+                 strcmp(a->data.text.heldout[0], corpus_default_heldout[0]) == 0,
+             "default held-out books wrong");
+    TU_CHECK(a->data.text.mask_prob == 0.15 && a->data.text.eval_seed == 0,
+             "default masking wrong");
+    TU_CHECK(b->bert.vocab == 0, "vocab size without model.vocab and with a file: %d",
+             b->bert.vocab);
+    TU_CHECK(strcmp(b->vocab, "a.h5.vocab") == 0, "vocab file wrong: %s", b->vocab);
+    TU_CHECK(b->data.text.n_heldout == 2 && strcmp(b->data.text.heldout[1], "Mark") == 0,
+             "held-out books wrong");
+    TU_CHECK(b->data.text.mask_prob == 0.2 && b->data.text.eval_seed == 5 &&
+                 b->data.text.train_limit == 100,
+             "text data fields wrong");
+    const job_fuse *f = &job->tasks[2].fuse;
+    TU_CHECK(f->data.has_text && strcmp(f->data.text.corpus, "c.tsv") == 0, "fuse corpus wrong");
+    job_file_free(&job);
+}
+
+#define BERT_HEAD TRAIN_HEAD "\"model\": {\"architecture\": \"bert\"}, "
+
+static void test_bert_invalid(void)
+{
+    expect_error(TRAIN_HEAD "\"model\": {\"architecture\": \"bert\", \"patch\": 4}}]}",
+                 "tasks[0].model.patch", "unknown key");
+    expect_error(TRAIN_HEAD "\"model\": {\"architecture\": \"bert\", \"vocab\": 3}}]}",
+                 "tasks[0].model.vocab", "out of range");
+    expect_error(TRAIN_HEAD "\"model\": {\"architecture\": \"bert\", \"d\": 30, \"heads\": 4}}]}",
+                 "d = 30", "heads = 4");
+    expect_error(BERT_HEAD "\"data\": {\"dir\": \"x\"}}]}", "tasks[0].data.dir", "unknown key");
+    expect_error(BERT_HEAD "\"data\": {\"heldout\": \"Ruth\"}}]}", "tasks[0].data.heldout",
+                 "array");
+    expect_error(BERT_HEAD "\"data\": {\"heldout\": []}}]}", "tasks[0].data.heldout", "array");
+    expect_error(BERT_HEAD "\"data\": {\"heldout\": [\"\"]}}]}", "tasks[0].data.heldout[0]",
+                 "book name");
+    expect_error(BERT_HEAD "\"data\": {\"mask_prob\": 0}}]}", "tasks[0].data.mask_prob",
+                 "out of range");
+    expect_error(BERT_HEAD "\"vocab\": 12}]}", "tasks[0].vocab", "string");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"vocab\": \"v.txt\"}]}", "tasks[0].vocab",
+                 "applies only");
+    expect_error(FUSE_HEAD "\"data\": {\"corpus\": \"c.tsv\", \"train_images\": \"x\"}, "
+                           "\"methods\": [{\"name\": \"v\"}]}]}",
+                 "tasks[0].data.train_images", "unknown key");
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
     test_valid();
     test_invalid();
+    test_bert_valid();
+    test_bert_invalid();
     int rc = tu_finish("test_job");
     MPI_Finalize();
     return rc;

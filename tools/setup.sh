@@ -29,5 +29,11 @@ if (( ${#missing[@]} > 0 )); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# The verse corpus that the BERT jobs read (jobs/bert_quickstart.json, jobs/study/bert_*.json).
+if [[ ! -s runs/data/kjv.tsv ]]; then
+    mkdir -p runs/data
+    tools/bible_corpus.sh runs/data/kjv.tsv
+fi
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$(nproc)"
