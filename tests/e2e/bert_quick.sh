@@ -44,8 +44,19 @@ mpirun -n "$ranks" "$tfuse" "$work/job.json" > "$work/log.txt" 2>&1 || {
     exit 1
 }
 cat "$work/log.txt"
+
+# The same parents scored by a one-rank fuse task, for the rank-count invariance check.
+cat > "$work/one_rank.json" <<JOB
+{"tasks": [{"task": "fuse", "parents": ["$work/a.h5", "$work/b.h5"], $data,
+  "methods": [{"name": "vanilla", "method": "vanilla"}], "report": "$work/one_rank.json.out"}]}
+JOB
+mpirun -n 1 "$tfuse" "$work/one_rank.json" > "$work/one_rank.log" 2>&1 || {
+    cat "$work/one_rank.log"
+    echo "bert_quick: the one-rank fuse task failed" >&2
+    exit 1
+}
 /usr/bin/python3 - "$work" <<'PY' || exit 1
-import json, math, os, sys
+import json, math, os, re, sys
 import h5py
 import numpy as np
 
@@ -91,6 +102,23 @@ for p in report["parents"]:
     check(abs(p["heldout_perplexity"] - math.exp(p["heldout_loss"])) < 1e-6 * p["heldout_perplexity"],
           "perplexity is exp(loss)")
     check(0 < p["heldout_accuracy"] < 1, "parent accuracy in (0, 1)")
+# The train task's held-out loss (log, 4 decimals) is the fuse task's for the saved model.
+log = open(os.path.join(work, "log.txt")).read()
+for name, p in zip(("a", "b"), report["parents"]):
+    m = re.search(r"train %s: held-out MLM loss ([0-9.]+)" % name, log)
+    check(m is not None, f"train {name} logs its held-out loss")
+    if m:
+        check(abs(float(m.group(1)) - p["heldout_loss"]) < 1.5e-4,
+              f"train {name} held-out loss {m.group(1)} vs fuse {p['heldout_loss']}")
+one = json.load(open(os.path.join(work, "one_rank.json.out")))
+check(one["eval_tokens"] == report["eval_tokens"], "same masked tokens at one rank")
+for p, q in zip(report["parents"], one["parents"]):
+    check(abs(p["heldout_loss"] - q["heldout_loss"]) < 1e-5 * q["heldout_loss"],
+          f"parent loss {p['heldout_loss']} vs {q['heldout_loss']} at one rank")
+    check(abs(p["heldout_accuracy"] - q["heldout_accuracy"]) < 1e-12,
+          f"parent accuracy {p['heldout_accuracy']} vs {q['heldout_accuracy']} at one rank")
+check(abs(report["methods"][0]["one_shot_loss"] - one["methods"][0]["one_shot_loss"]) < 1e-5,
+      "vanilla loss at one rank")
 check(report["eval_tokens"] > 100, f"{report['eval_tokens']} masked held-out tokens")
 names = [m["name"] for m in report["methods"]]
 check(names == ["vanilla", "exact-joint", "sinkhorn-mean"], f"methods {names}")
