@@ -309,17 +309,83 @@ static tf_status local_step(bert_model *model, const bert_train_options *o, trai
     return TF_OK;
 }
 
-/* Collective on comm. Trains model (replicated, kept identical) for o->steps AdamW steps.
- * Each step masks the whole global batch with a generator seeded by (seed, step) on every
- * rank, so the masks do not depend on the number of ranks; each rank runs its share of the
- * sequences and one MPI_Allreduce sums the gradients. */
+/* Progress of a training loop between two log lines. */
+typedef struct {
+    double t_start, t_log, loss_sum;
+    int64_t loss_steps, per_epoch;
+} train_progress;
+
+/* Logs the mean loss since the last log line. Collective. Returns TF_ERR_NUMERIC when the
+ * loss is not finite. */
+static tf_status log_progress(MPI_Comm comm, const bert_train_options *o, train_progress *pr,
+                              int64_t step, double lr)
+{
+    double mean_loss = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&pr->loss_sum, &mean_loss, 1, MPI_DOUBLE, MPI_SUM, comm));
+    mean_loss /= (double)pr->loss_steps;
+    if (!isfinite(mean_loss))
+        return tf_error_set(TF_ERR_NUMERIC,
+                            "%s: training loss became %g at step %lld; lower the learning rate",
+                            o->label, mean_loss, (long long)step + 1);
+    double now = tf_seconds();
+    double rate = (double)(step + 1) / (now - pr->t_start);
+    TF_INFO("%s: step %lld/%lld  epoch %.2f  MLM loss %.4f  lr %.2e  %.0f seq/s  %.0f s left",
+            o->label, (long long)step + 1, (long long)o->steps,
+            (double)(step + 1) / (double)pr->per_epoch, mean_loss, lr,
+            (double)pr->loss_steps * o->batch_size / (now - pr->t_log),
+            (double)(o->steps - step - 1) / rate);
+    pr->t_log = now;
+    pr->loss_sum = 0;
+    pr->loss_steps = 0;
+    return TF_OK;
+}
+
+/* One optimizer step on the global batch of sequences perm[first_seq .. first_seq + B).
+ * Every rank masks the whole batch with a generator seeded by (seed, step), runs its rows
+ * [first, first + count) and joins the one MPI_Allreduce of the gradients. A rank that
+ * fails sends NaN gradients instead, so every rank leaves the step with an error. */
+static tf_status train_step(MPI_Comm comm, bert_model *model, const text_seqs *train,
+                            const bert_train_options *o, train_buffers *buf, const int64_t *perm,
+                            int64_t first_seq, int first, int count, int64_t step,
+                            double *loss_share)
+{
+    const int B = o->batch_size, T = model->cfg.seq_len;
+    tf_rng mask_rng;
+    tf_rng_seed(&mask_rng, (o->seed ^ 0x6d61736b00000000ULL) + (uint64_t)step * 7919u);
+    tf_status st = bert_mlm_batch(train, perm, first_seq, B, model->cfg.vocab, o->mask_prob,
+                                  &mask_rng, buf->ids, buf->lengths, buf->labels);
+    int64_t n_global = 0;
+    for (int64_t k = 0; st == TF_OK && k < (int64_t)B * T; k++)
+        n_global += buf->labels[k] != BERT_IGNORE;
+    *loss_share = 0;
+    if (st == TF_OK && n_global > 0)
+        st = local_step(model, o, buf, first, count, n_global, loss_share);
+    else if (st == TF_OK)
+        memset(buf->grads, 0, (size_t)model->num_params * sizeof(float));
+    if (st != TF_OK) buf->grads[0] = NAN;
+    TF_MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, buf->grads, (int)model->num_params, MPI_FLOAT, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (!isfinite(buf->grads[0]))
+        return tf_error_set(TF_ERR_NUMERIC,
+                            "%s: the gradient at step %lld is not finite, or another rank "
+                            "failed; see its message",
+                            o->label, (long long)step + 1);
+    double lr = tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr);
+    bert_adamw_step(buf->adam, model, buf->grads, lr);
+    return TF_OK;
+}
+
+/* Collective on comm. Trains model (replicated, kept identical) for o->steps AdamW steps
+ * with train_step, on batches drawn from a fresh shuffle of the sequences each epoch; the
+ * masks do not depend on the number of ranks. */
 static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *train,
                            const bert_train_options *o, double *seconds)
 {
     int rank, size;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    const int B = o->batch_size, T = model->cfg.seq_len;
+    const int B = o->batch_size;
     if (B > train->count)
         return tf_error_set(TF_ERR_ARG,
                             "%s: batch_size = %d exceeds the %lld training sequences; lower it",
@@ -329,65 +395,31 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
                             (long long)model->num_params);
     const int first = (int)((int64_t)B * rank / size);
     const int count = (int)((int64_t)B * (rank + 1) / size) - first;
-    const int64_t per_epoch = train->count / B;
+    train_progress pr = {.t_start = tf_seconds(), .per_epoch = train->count / B};
+    pr.t_log = pr.t_start;
     train_buffers buf;
     int64_t *perm = tf_malloc((size_t)train->count * sizeof(int64_t));
     tf_status st = train_buffers_init(&buf, model, o, count);
     if (st == TF_OK && !perm) st = TF_ERR_NOMEM;
 
-    tf_rng order_rng, mask_rng;
-    double t_start = tf_seconds(), t_log = t_start, loss_sum = 0;
-    int64_t loss_steps = 0;
+    tf_rng order_rng;
     for (int64_t step = 0; st == TF_OK && step < o->steps; step++) {
-        const int64_t in_epoch = step % per_epoch;
+        const int64_t in_epoch = step % pr.per_epoch;
         if (in_epoch == 0) {
-            tf_rng_seed(&order_rng, o->seed * 1000003u + (uint64_t)(step / per_epoch));
+            tf_rng_seed(&order_rng, o->seed * 1000003u + (uint64_t)(step / pr.per_epoch));
             for (int64_t i = 0; i < train->count; i++) perm[i] = i;
             tf_rng_shuffle(&order_rng, perm, train->count);
         }
-        tf_rng_seed(&mask_rng, (o->seed ^ 0x6d61736b00000000ULL) + (uint64_t)step * 7919u);
-        st = bert_mlm_batch(train, perm, in_epoch * B, B, model->cfg.vocab, o->mask_prob, &mask_rng,
-                            buf.ids, buf.lengths, buf.labels);
-        if (st != TF_OK) break;
-        int64_t n_global = 0;
-        for (int64_t k = 0; k < (int64_t)B * T; k++) n_global += buf.labels[k] != BERT_IGNORE;
         double loss_share = 0;
-        if (n_global > 0)
-            st = local_step(model, o, &buf, first, count, n_global, &loss_share);
-        else
-            memset(buf.grads, 0, (size_t)model->num_params * sizeof(float));
-        if (st != TF_OK) break;
-        TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.grads, (int)model->num_params, MPI_FLOAT,
-                                   MPI_SUM, comm));
-        double lr = tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr);
-        bert_adamw_step(buf.adam, model, buf.grads, lr);
-        loss_sum += loss_share;
-        loss_steps++;
-
-        if ((step + 1) % o->log_every == 0 || step + 1 == o->steps) {
-            double mean_loss = 0;
-            TF_MPI_CHECK(MPI_Allreduce(&loss_sum, &mean_loss, 1, MPI_DOUBLE, MPI_SUM, comm));
-            mean_loss /= (double)loss_steps;
-            if (!isfinite(mean_loss)) {
-                st = tf_error_set(TF_ERR_NUMERIC,
-                                  "%s: training loss became %g at step %lld; lower the "
-                                  "learning rate",
-                                  o->label, mean_loss, (long long)step + 1);
-                break;
-            }
-            double now = tf_seconds();
-            double rate = (double)(step + 1) / (now - t_start);
-            TF_INFO("%s: step %lld/%lld  epoch %.2f  MLM loss %.4f  lr %.2e  %.0f seq/s  "
-                    "%.0f s left",
-                    o->label, (long long)step + 1, (long long)o->steps,
-                    (double)(step + 1) / (double)per_epoch, mean_loss, lr,
-                    (double)loss_steps * B / (now - t_log), (double)(o->steps - step - 1) / rate);
-            t_log = now;
-            loss_sum = 0;
-            loss_steps = 0;
-        }
+        st = train_step(comm, model, train, o, &buf, perm, in_epoch * B, first, count, step,
+                        &loss_share);
+        pr.loss_sum += loss_share;
+        pr.loss_steps++;
+        if (st == TF_OK && ((step + 1) % o->log_every == 0 || step + 1 == o->steps))
+            st = log_progress(comm, o, &pr, step,
+                              tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr));
     }
-    if (seconds) *seconds = tf_seconds() - t_start;
+    if (seconds) *seconds = tf_seconds() - pr.t_start;
     train_buffers_release(&buf, o->n_teachers);
     free(perm);
     return st;
