@@ -104,6 +104,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     tf_status st = fuse_compute_maps(comm, parents, n, f->anchor, calib, f->calib_samples,
                                      &method->ot, &maps);
     if (st != TF_OK) return st;
+    double t0 = tf_seconds();
     vit_model **aligned = tf_calloc((size_t)n, sizeof *aligned);
     if (!aligned) st = TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n; p++) {
@@ -115,9 +116,12 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
             st = fuse_align_parent(parents[p], maps[p], aligned[p]);
     }
     if (st == TF_OK) st = fuse_average(aligned, f->weights, n, fused);
+    double t1 = tf_seconds();
     if (st == TF_OK)
         st = fuse_repair(comm, fused, aligned, f->weights, n, calib, f->calib_samples,
                          method->ot.repair);
+    TF_INFO("fuse timing: alignment and average %.3f s, repair %.3f s", t1 - t0,
+            tf_seconds() - t1);
     *aligned_out = aligned;
     *maps_out = maps;
     return st;
@@ -211,7 +215,9 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
     tf_status st = parents && parent_acc && results ? TF_OK : TF_ERR_NOMEM;
 
     /* Step 1: parents, data and calibration images. */
+    double t_load = tf_seconds();
     for (int p = 0; st == TF_OK && p < n; p++) st = vit_model_load(comm, f->parents[p], &parents[p]);
+    if (st == TF_OK) TF_INFO("fuse timing: loading parents %.3f s", tf_seconds() - t_load);
     if (st == TF_OK) st = runner_load_data(&f->data, &train, &test);
     if (st == TF_OK && f->calib_samples > train->count)
         st = tf_error_set(TF_ERR_ARG, "calibration_samples = %lld exceeds the %lld training "
@@ -244,8 +250,11 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
         if (st == TF_OK)
             TF_INFO("fuse %s: %s one-shot: %.2f %% (built in %.2f s)", f->name, method->name,
                     100 * r->one_shot, r->seconds);
-        if (st == TF_OK && f->output_dir[0])
+        if (st == TF_OK && f->output_dir[0]) {
+            double t_write = tf_seconds();
             st = write_method_file(comm, f, method, parents, fused, aligned, maps);
+            TF_INFO("fuse timing: writing %.3f s", tf_seconds() - t_write);
+        }
         if (st == TF_OK && f->finetune.steps > 0) {
             st = finetune(comm, f, train, fused, parents, method->name);
             if (st == TF_OK)
