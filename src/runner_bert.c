@@ -678,23 +678,18 @@ static tf_status check_bert_method(const job_method *m, int index, int i)
     return TF_OK;
 }
 
-tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int index, int ranks,
-                                 int warn)
+/* Configuration of each parent: the model of an earlier BERT train task that writes it, or
+ * the attributes of the file. Rejects parents that are not BERT models. */
+static tf_status parent_configs(const job_file *job, const job_fuse *f, int index,
+                                bert_config *cfgs)
 {
-    bert_config cfgs[JOB_MAX_PARENTS];
-    tf_status st = TF_OK;
-    if (!f->data.has_text)
-        return tf_error_set(TF_ERR_ARG,
-                            "tasks[%d].data must name a verse corpus (\"corpus\") because the "
-                            "parents are BERT models",
-                            index);
     for (int p = 0; p < f->n_parents; p++) {
         int k = writer_task(job, index, f->parents[p]), is_bert = 1;
         if (k >= 0 && job->tasks[k].train.arch == JOB_ARCH_BERT) {
             cfgs[p] = job->tasks[k].train.bert;
             continue;
         }
-        if (k < 0) st = read_bert_header(f->parents[p], &is_bert, &cfgs[p]);
+        tf_status st = k < 0 ? read_bert_header(f->parents[p], &is_bert, &cfgs[p]) : TF_OK;
         if (st != TF_OK)
             return tf_error_set(st, "tasks[%d].parents[%d]: %s", index, p, tf_error_get());
         if (k >= 0 || !is_bert)
@@ -703,6 +698,20 @@ tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int ind
                                 "is; fused parents must share one architecture",
                                 index, p, f->parents[p]);
     }
+    return TF_OK;
+}
+
+tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int index, int ranks,
+                                 int warn)
+{
+    bert_config cfgs[JOB_MAX_PARENTS];
+    if (!f->data.has_text)
+        return tf_error_set(TF_ERR_ARG,
+                            "tasks[%d].data must name a verse corpus (\"corpus\") because the "
+                            "parents are BERT models",
+                            index);
+    tf_status st = parent_configs(job, f, index, cfgs);
+    if (st != TF_OK) return st;
     const bert_config *a = &cfgs[f->anchor];
     for (int p = 0; p < f->n_parents; p++) {
         const bert_config *c = &cfgs[p];

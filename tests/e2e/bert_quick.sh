@@ -220,6 +220,9 @@ expect bert_repair "$(fuse "$data, \"methods\": [{\"name\": \"ot\", \"repair\": 
     "repair"
 expect bert_fuse_image_data "$(fuse "$vanilla")" \
     "verse corpus"
+echo "not an HDF5 file" > "$out/text.h5"
+expect bert_parent_not_hdf5 "$(printf '{"tasks": [{"task": "fuse", "parents": ["%s/a.h5", "%s/text.h5"], %s, %s}]}' "$work" "$out" "$data" "$vanilla")" \
+    "parents\[1\]" "text.h5"
 expect bert_calibration_too_many "$(fuse "$data, $vanilla, \"calibration_samples\": 100000")" \
     "calibration_samples = 100000"
 
