@@ -58,9 +58,9 @@ static tf_status load_corpus(const job_text *text, corpus **c_out, uint8_t **hel
     for (int i = 0; i < text->n_heldout; i++) names[i] = text->heldout[i];
     st = corpus_split(c, names, text->n_heldout, is_heldout);
     if (st != TF_OK) goto done;
-    int kept = 0;
-    for (int b = 0; b < c->num_books; b++) kept += !is_heldout[b];
-    if (kept == 0)
+    int training_books = 0;
+    for (int b = 0; b < c->num_books; b++) training_books += !is_heldout[b];
+    if (training_books == 0)
         st = tf_error_set(TF_ERR_ARG, "data.heldout lists every book of %s; keep some for training",
                           text->corpus);
 done:
@@ -147,9 +147,9 @@ static tf_status build_sequences(bert_text *d, const job_text *text, int seq_len
 
 /* ---- Evaluation ---------------------------------------------------------------------- */
 
-/* Collective on comm. Masked-token loss, perplexity and accuracy of model on the held-out
- * sequences with the masks of mask_heldout; each rank scores a contiguous share of the
- * sequences, so the result equals bert_evaluate's up to the order of the sums. */
+/* Computes masked-token loss, perplexity and accuracy of model on the held-out sequences
+ * with the masks of mask_heldout. Collective on comm. Each rank scores a contiguous share
+ * of the sequences, so the result equals bert_evaluate's up to the order of the sums. */
 static tf_status evaluate(MPI_Comm comm, const bert_model *model, const bert_text *d,
                           bert_eval_result *out)
 {
@@ -279,9 +279,9 @@ static tf_status distill_targets(const bert_train_options *o, train_buffers *b, 
     return TF_OK;
 }
 
-/* Forward and backward pass of this rank's rows [first, first + count) of the masked
- * global batch; the gradient is scaled by the rank's share of the n_global masked tokens
- * so that the sum over ranks is the gradient of the batch mean. */
+/* Runs the forward and backward pass of this rank's rows [first, first + count) of the
+ * masked global batch. The gradient is scaled by the rank's share of the n_global masked
+ * tokens, so the sum over ranks is the gradient of the batch mean. */
 static tf_status local_step(bert_model *model, const bert_train_options *o, train_buffers *b,
                             int first, int count, int64_t n_global, double *loss_share)
 {
