@@ -584,10 +584,11 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
 
 static tf_status parse_root(const parse_ctx *ctx, const cJSON *root, job_file *job)
 {
-    static const char *const keys[] = {"tasks", "description", NULL};
+    static const char *const keys[] = {"tasks", "description", "resume", NULL};
     static const char *const task_kinds[] = {"train", "fuse", NULL};
     char path[64];
     TRY(check_keys(ctx, root, "job", keys));
+    TRY(get_bool(ctx, root, "job", "resume", 0, &job->resume));
     const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
     if (desc && !cJSON_IsString(desc))
         return tf_error_set(TF_ERR_ARG, "%s: job.description must be a string", ctx->file);

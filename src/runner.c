@@ -143,7 +143,8 @@ static tf_status check_output(const check_ctx *ctx, const char *path, int overwr
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
         return tf_error_set(TF_ERR_IO, "output %s (%s) is a directory; expected a file name", path,
                             key);
-    if (!overwrite && runner_file_exists(path))
+    const int resume = ctx->job && ctx->job->resume;
+    if (!overwrite && !resume && runner_file_exists(path))
         return tf_error_set(TF_ERR_EXISTS,
                             "output %s (%s) exists; set \"overwrite\": true in "
                             "the task or remove the file",
@@ -343,6 +344,9 @@ static tf_status check_fuse_outputs(const check_ctx *ctx, const job_fuse *f, int
             snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, f->methods[m].name);
             snprintf(key, sizeof key, "tasks[%d].methods[%d]", index, m);
             if ((st = check_output(ctx, path, f->overwrite, key)) != TF_OK) return st;
+            if (f->finetune.steps <= 0) continue;
+            snprintf(path, sizeof path, "%s/%s-finetuned.h5", f->output_dir, f->methods[m].name);
+            if ((st = check_output(ctx, path, f->overwrite, key)) != TF_OK) return st;
         }
     }
     if (f->report[0]) {
@@ -413,7 +417,8 @@ static int job_outputs(const job_file *job, job_output **out)
         if (task->kind == JOB_TASK_TRAIN)
             total++;
         else
-            total += (task->fuse.output_dir[0] ? task->fuse.n_methods : 0) + !!task->fuse.report[0];
+            total += (task->fuse.output_dir[0] ? 2 * task->fuse.n_methods : 0) +
+                     !!task->fuse.report[0];
     }
     job_output *list = tf_calloc((size_t)total + 1, sizeof *list);
     if (!list) return -1;
@@ -426,9 +431,13 @@ static int job_outputs(const job_file *job, job_output **out)
             list[n++].from_train = 1;
             continue;
         }
-        for (int m = 0; f->output_dir[0] && m < f->n_methods; m++)
+        for (int m = 0; f->output_dir[0] && m < f->n_methods; m++) {
             snprintf(list[n++].path, sizeof list[0].path, "%s/%s.h5", f->output_dir,
                      f->methods[m].name);
+            if (f->finetune.steps > 0)
+                snprintf(list[n++].path, sizeof list[0].path, "%s/%s-finetuned.h5",
+                         f->output_dir, f->methods[m].name);
+        }
         if (f->report[0]) snprintf(list[n++].path, sizeof list[0].path, "%s", f->report);
     }
     *out = list;
@@ -529,8 +538,12 @@ tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_
     return st;
 }
 
-static tf_status run_train(MPI_Comm comm, const job_train *t)
+static tf_status run_train(MPI_Comm comm, const job_train *t, int resume)
 {
+    if (resume && runner_file_exists(t->output)) {
+        TF_INFO("train %s: %s exists; skipped (resume)", t->name, t->output);
+        return TF_OK;
+    }
     if (t->arch == JOB_ARCH_BERT) return runner_run_train_bert(comm, t);
     tf_image_set *train = NULL, *test = NULL;
     vit_model *model = NULL;
@@ -586,8 +599,8 @@ tf_status runner_run_job(MPI_Comm comm, const job_file *job, int validate_only)
     for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];
         double t0 = tf_seconds();
-        st = task->kind == JOB_TASK_TRAIN ? run_train(comm, &task->train)
-                                          : runner_run_fuse(comm, &task->fuse);
+        st = task->kind == JOB_TASK_TRAIN ? run_train(comm, &task->train, job->resume)
+                                          : runner_run_fuse(comm, &task->fuse, job->resume);
         if (st == TF_OK)
             TF_INFO("task %d of %d (%s) finished in %.1f s", i + 1, job->n_tasks,
                     task->kind == JOB_TASK_TRAIN ? task->train.name : task->fuse.name,

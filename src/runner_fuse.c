@@ -201,7 +201,69 @@ static void print_table(const job_fuse *f, const double *parent_acc,
     TF_INFO(" ");
 }
 
-tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
+/* One method: build the fused model (or, with resume, load it from its file), evaluate
+ * and write it; then finetune it (or load the finetuned file), evaluate and write that. */
+static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *method,
+                            vit_model **parents, const float *calib, const tf_image_set *train,
+                            const tf_image_set *test, int resume, method_result *r)
+{
+    char path[JOB_PATH_MAX + 80], tuned_path[JOB_PATH_MAX + 96];
+    snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
+    snprintf(tuned_path, sizeof tuned_path, "%s/%s-finetuned.h5", f->output_dir, method->name);
+    const int have_dir = f->output_dir[0] != '\0';
+    vit_model *fused = NULL, **aligned = NULL;
+    fuse_maps **maps = NULL;
+    tf_status st = TF_OK;
+    snprintf(r->name, sizeof r->name, "%s", method->name);
+    r->finetuned = -1;
+
+    /* One shot. */
+    double t0 = tf_seconds();
+    if (resume && have_dir && runner_file_exists(path)) {
+        TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, path);
+        st = vit_model_load(comm, path, &fused);
+    } else {
+        st = vit_model_create(&parents[f->anchor]->cfg, &fused);
+        if (st == TF_OK)
+            st = build_fusion(comm, f, method, parents, calib, fused, &aligned, &maps);
+        if (st == TF_OK && have_dir) {
+            double t_write = tf_seconds();
+            st = write_method_file(comm, f, method, parents, fused, aligned, maps);
+            TF_INFO("fuse timing: writing %.3f s", tf_seconds() - t_write);
+        }
+    }
+    r->seconds = tf_seconds() - t0;
+    if (st == TF_OK) st = eval_accuracy(comm, fused, test, 0, &r->one_shot, &r->one_shot_loss);
+    if (st == TF_OK)
+        TF_INFO("fuse %s: %s one-shot: %.2f %% (built in %.2f s)", f->name, method->name,
+                100 * r->one_shot, r->seconds);
+
+    /* Finetune, saved beside the one-shot model. */
+    if (st == TF_OK && f->finetune.steps > 0) {
+        if (resume && have_dir && runner_file_exists(tuned_path)) {
+            vit_model_free(&fused);
+            TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, tuned_path);
+            st = vit_model_load(comm, tuned_path, &fused);
+        } else {
+            st = finetune(comm, f, train, fused, parents, method->name);
+            if (st == TF_OK && have_dir)
+                st = vit_model_save(fused, comm, tuned_path, f->overwrite || resume);
+        }
+        if (st == TF_OK)
+            st = eval_accuracy(comm, fused, test, 0, &r->finetuned, &r->finetuned_loss);
+        if (st == TF_OK)
+            TF_INFO("fuse %s: %s after finetune: %.2f %%", f->name, method->name,
+                    100 * r->finetuned);
+    }
+    for (int p = 0; aligned && p < f->n_parents; p++) vit_model_free(&aligned[p]);
+    free(aligned);
+    for (int p = 0; maps && p < f->n_parents; p++) fuse_maps_free(&maps[p]);
+    free(maps);
+    vit_model_free(&fused);
+    return st;
+}
+
+tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume)
 {
     if (runner_fuse_is_bert(comm, f)) return runner_run_fuse_bert(comm, f);
     int rank;
@@ -235,41 +297,11 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f)
 
     /* Step 3: each method, one shot and after the optional finetune. */
     for (int m = 0; st == TF_OK && m < f->n_methods; m++) {
-        const job_method *method = &f->methods[m];
-        method_result *r = &results[m];
-        vit_model *fused = NULL, **aligned = NULL;
-        fuse_maps **maps = NULL;
-        double t0 = tf_seconds();
-        snprintf(r->name, sizeof r->name, "%s", method->name);
-        r->finetuned = -1;
-        st = vit_model_create(&parents[f->anchor]->cfg, &fused);
-        if (st == TF_OK)
-            st = build_fusion(comm, f, method, parents, calib, fused, &aligned, &maps);
-        r->seconds = tf_seconds() - t0;
-        if (st == TF_OK) st = eval_accuracy(comm, fused, test, 0, &r->one_shot, &r->one_shot_loss);
-        if (st == TF_OK)
-            TF_INFO("fuse %s: %s one-shot: %.2f %% (built in %.2f s)", f->name, method->name,
-                    100 * r->one_shot, r->seconds);
-        if (st == TF_OK && f->output_dir[0]) {
-            double t_write = tf_seconds();
-            st = write_method_file(comm, f, method, parents, fused, aligned, maps);
-            TF_INFO("fuse timing: writing %.3f s", tf_seconds() - t_write);
-        }
-        if (st == TF_OK && f->finetune.steps > 0) {
-            st = finetune(comm, f, train, fused, parents, method->name);
-            if (st == TF_OK)
-                st = eval_accuracy(comm, fused, test, 0, &r->finetuned, &r->finetuned_loss);
-            if (st == TF_OK)
-                TF_INFO("fuse %s: %s after finetune: %.2f %%", f->name, method->name,
-                        100 * r->finetuned);
-        }
-        for (int p = 0; aligned && p < n; p++) vit_model_free(&aligned[p]);
-        free(aligned);
-        for (int p = 0; maps && p < n; p++) fuse_maps_free(&maps[p]);
-        free(maps);
-        vit_model_free(&fused);
-        if (st != TF_OK) st = tf_error_set(st, "fuse %s, method %s: %s", f->name, method->name,
-                                           tf_error_get());
+        st = run_method(comm, f, &f->methods[m], parents, calib, train, test, resume,
+                        &results[m]);
+        if (st != TF_OK)
+            st = tf_error_set(st, "fuse %s, method %s: %s", f->name, f->methods[m].name,
+                              tf_error_get());
     }
 
     /* Step 4: the table and the report. */

@@ -11,7 +11,9 @@ tf_status runner_make_parent_dirs(const char *path);
 /* TF_ERR_EXISTS if path exists and overwrite is 0; else creates its directory. */
 tf_status runner_check_output(const char *path, int overwrite, const char *key);
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test);
-tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f);
+/* Runs a fuse task; with resume, methods whose output files exist are loaded from them
+ * instead of being rebuilt and finetuned again. */
+tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume);
 
 /* ---- BERT tasks (src/runner_bert.c) ---- */
 

@@ -66,6 +66,8 @@ static void test_invalid(void)
 {
     expect_error("{\"tasks\": [", "invalid JSON", NULL);
     expect_error("{}", "tasks", NULL);
+    expect_error("{\"resume\": 1, \"tasks\": [{\"task\": \"train\", \"model\": {}, "
+                 "\"output\": \"x.h5\"}]}", "job.resume", "true or false");
     expect_error("{\"tasks\": []}", "tasks", "non-empty");
     expect_error("{\"taks\": []}", "taks", "did you mean \"tasks\"");
     expect_error("{\"tasks\": [{\"name\": \"x\"}]}", "tasks[0].task", "missing");

@@ -108,6 +108,7 @@ typedef struct {
 
 typedef struct {
     char path[JOB_PATH_MAX];
+    int resume;      /* reuse outputs that exist instead of recomputing them */
     int n_tasks;
     job_task *tasks; /* owned */
 } job_file;

@@ -38,6 +38,16 @@ mpirun -n "$ranks" "$tfuse" "$work/job.json" > "$work/log.txt" 2>&1 || {
     exit 1
 }
 cat "$work/log.txt"
+
+# Rerun with "resume": every output exists, so nothing is trained or fused again, and the
+# report must come out with the same numbers.
+cp "$work/report.json" "$work/report-first.json"
+sed 's/^{"tasks": \[/{"resume": true, "tasks": [/' "$work/job.json" > "$work/resume.json"
+mpirun -n "$ranks" "$tfuse" "$work/resume.json" > "$work/resume-log.txt" 2>&1 || {
+    cat "$work/resume-log.txt"
+    echo "quick_fuse: the resumed run failed at $ranks ranks" >&2
+    exit 1
+}
 /usr/bin/python3 - "$work" <<'PY'
 import json, os, sys, h5py
 work = sys.argv[1]
@@ -66,6 +76,18 @@ for m in report["methods"]:
             plan = f["maps/parent1/layer0/fc1"][...]
             check(abs(plan.sum() - 1) < 1e-9, f"{m['name']} fc1 plan mass {plan.sum()}")
             check("aligned/parent1/params/fc1_w" in f, f"{m['name']}.h5 has the aligned parent")
+first = json.load(open(os.path.join(work, "report-first.json")))
+check(first["methods"] == report["methods"] or
+      [m["one_shot_accuracy"] for m in first["methods"]] ==
+      [m["one_shot_accuracy"] for m in report["methods"]], "resumed run reports the same one-shot accuracies")
+check([m.get("finetuned_accuracy") for m in first["methods"]] ==
+      [m.get("finetuned_accuracy") for m in report["methods"]], "resumed run reports the same finetuned accuracies")
+resume_log = open(os.path.join(work, "resume-log.txt")).read()
+check(resume_log.count("skipped (resume)") == 2, "both train tasks skipped on resume")
+check(resume_log.count("(resume)") == 2 + 2 * 4, "every fused and finetuned model loaded on resume")
+check(" step " not in resume_log, "nothing trained on resume")
+for m in report["methods"]:
+    check(os.path.exists(os.path.join(work, "fused", m["name"] + "-finetuned.h5")), f"{m['name']}-finetuned.h5 written")
 leftovers = [n for n in os.listdir(os.path.join(work, "fused")) if n.endswith(".tmp") or ".tmp" in n]
 check(not leftovers, f"no temporary files left: {leftovers}")
 for f in failures:
