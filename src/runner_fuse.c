@@ -347,7 +347,10 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
         if (jm->kind == JOB_METHOD_OT) {
             cJSON_AddStringToObject(item, "solver",
                                     jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
-            cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
+            if (jm->ot.solver == FUSE_SOLVER_SINKHORN || jm->ot.solver_attn == FUSE_SOLVER_SINKHORN ||
+                jm->ot.solver_mlp == FUSE_SOLVER_SINKHORN ||
+                jm->ot.solver_stream == FUSE_SOLVER_SINKHORN)
+                cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
             cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
             cJSON_AddStringToObject(item, "attention", jm->ot.attention == FUSE_ATTN_HEAD_AWARE
                                                            ? "head_aware" : "shared_qk");

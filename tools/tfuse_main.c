@@ -63,7 +63,7 @@ int main(int argc, char **argv)
     if (!validate_only) st = runner_run_job(MPI_COMM_WORLD, job, 0);
     if (st != TF_OK) TF_DIE("%s", tf_error_get());
     if (validate_only)
-        TF_INFO("%s: valid (%d tasks)", job_path, job->n_tasks);
+        TF_INFO("%s: valid (%d task%s)", job_path, job->n_tasks, job->n_tasks == 1 ? "" : "s");
     else
         TF_INFO("%s: all %d tasks finished in %.1f s", job_path, job->n_tasks, tf_seconds() - t0);
     job_file_free(&job);
