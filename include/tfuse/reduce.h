@@ -2,14 +2,14 @@
  *
  * MPI_Allreduce adds the ranks' partial sums in an order that depends on the number of
  * ranks (and on the MPI library's algorithm), so a floating-point result changes with the
- * rank count. reduce_chunks_sum instead splits the work into a fixed number of chunks
- * (chosen by the caller, independent of the rank count) and adds the chunk results over
- * one fixed binary tree on the chunk indices: the node at level k covering chunks
- * [s, s + 2^k) (s a multiple of 2^k) is the sum of its left child [s, s + 2^(k-1)) and its
- * right child, and a node whose right child starts at or past the last chunk equals its
- * left child. The root covers [0, 2^K) with 2^K >= chunks. Every addition of that tree is
- * done exactly once, with the same operands, whichever rank does it, so the result is
- * bitwise the same for any number of ranks. */
+ * rank count. reduce_chunks_sum instead splits the work into a fixed number of chunks,
+ * chosen by the caller independently of the rank count. It adds the chunk results over
+ * one fixed binary tree on the chunk indices. The node at level k covering chunks
+ * [s, s + 2^k), with s a multiple of 2^k, is the sum of its left child [s, s + 2^(k-1))
+ * and its right child. A node whose right child starts at or past the last chunk equals
+ * its left child, and the root covers [0, 2^K) with 2^K >= chunks. Every addition of
+ * that tree is done exactly once, with the same operands, whichever rank does it, so the
+ * result is bitwise the same for any number of ranks. */
 #ifndef TFUSE_REDUCE_H
 #define TFUSE_REDUCE_H
 
@@ -27,8 +27,8 @@ void reduce_chunk_range(int64_t n_chunks, int rank, int size, int64_t *first, in
 /* Collective on comm. Computes result (len doubles, on every rank) = the tree sum of the
  * chunk buffers 0 .. n_chunks - 1 described above. Each rank fills the chunks of its
  * reduce_chunk_range in order and adds them into the largest complete tree nodes of its
- * range; the ranks then pass their nodes down a binomial tree over rank numbers (rank
- * r + s sends to rank r at step s), each receiver adding them in chunk order, and rank 0
+ * range. The ranks then pass their nodes down a binomial tree over rank numbers (rank
+ * r + s sends to rank r at step s), and each receiver adds them in chunk order. Rank 0
  * broadcasts the root. A rank holds at most about 2 log2(n_chunks) + 2 buffers of len
  * doubles at once, never one per chunk. n_chunks = 0 gives zeros.
  * If fill fails on any rank, every rank returns a failure (the failing rank keeps its own
