@@ -185,9 +185,9 @@ static tf_status bert_check(bert_model *const *parents, int n_parents, int ancho
     if (opt->tokens != FUSE_TOKENS_ALL)
         return tf_error_set(TF_ERR_ARG, "BERT fusion uses every real token as a sample; "
                             "\"tokens\" must be \"all\"");
-    if (opt->repair != FUSE_REPAIR_NONE)
-        return tf_error_set(TF_ERR_ARG, "statistics repair is implemented for ViT models only; "
-                            "set \"repair\": \"none\" for BERT parents");
+    if (opt->repair == FUSE_REPAIR_STREAM)
+        return tf_error_set(TF_ERR_ARG, "repair \"stream\" is implemented for ViT models only; "
+                            "use \"mlp\" or \"all\" for BERT parents");
     return TF_OK;
 }
 

@@ -888,6 +888,9 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
             st = fuse_bert_align_parent(parents[p], fu->maps[p], fu->aligned[p]);
     }
     if (st == TF_OK) st = fuse_bert_average(fu->aligned, f->weights, n, fu->fused);
+    if (st == TF_OK)
+        st = fuse_bert_repair(comm, fu->fused, fu->aligned, f->weights, n, calib_ids,
+                              calib_lengths, f->calib_samples, method->ot.repair);
     return st;
 }
 

@@ -22,6 +22,13 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
 tf_status fuse_bert_align_parent(const bert_model *parent, const fuse_maps *maps,
                                  bert_model *aligned);
 
+/* Collective on comm. Statistics repair of a fused BERT model (FUSE_REPAIR_MLP or
+ * FUSE_REPAIR_ALL; see fuse_repair), with the calibration sequences of
+ * fuse_bert_compute_maps. The aligned parents have the fused model's configuration. */
+tf_status fuse_bert_repair(MPI_Comm comm, bert_model *fused, bert_model *const *aligned,
+                           const double *weights, int n, const int *ids, const int *lengths,
+                           int64_t n_seqs, enum fuse_repair what);
+
 /* out = sum_p weights[p] * models[p], all with the same configuration. */
 tf_status fuse_bert_average(bert_model *const *models, const double *weights, int n,
                             bert_model *out);
