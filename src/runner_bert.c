@@ -670,10 +670,11 @@ static tf_status check_bert_method(const job_method *m, int index, int i)
                             "tasks[%d].methods[%d] (%s): BERT fusion supports \"cost\": "
                             "\"activation\" only; remove the key",
                             index, i, m->name);
-    if (m->ot.repair != FUSE_REPAIR_NONE)
+    if (m->ot.repair == FUSE_REPAIR_STREAM)
         return tf_error_set(TF_ERR_ARG,
-                            "tasks[%d].methods[%d] (%s): \"repair\" is implemented for ViT "
-                            "models only; use \"none\" for BERT parents",
+                            "tasks[%d].methods[%d] (%s): \"repair\": \"stream\" is "
+                            "implemented for ViT models only; use \"mlp\" or \"all\" for BERT "
+                            "parents",
                             index, i, m->name);
     return TF_OK;
 }

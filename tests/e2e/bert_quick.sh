@@ -216,7 +216,7 @@ expect bert_tokens_cls "$(fuse "$data, \"methods\": [{\"name\": \"ot\", \"tokens
     "methods\[0\]" "tokens"
 expect bert_cost_weight "$(fuse "$data, \"methods\": [{\"name\": \"ot\", \"cost\": \"weight\"}]")" \
     "activation"
-expect bert_repair "$(fuse "$data, \"methods\": [{\"name\": \"ot\", \"repair\": \"mlp\"}]")" \
+expect bert_repair "$(fuse "$data, \"methods\": [{\"name\": \"ot\", \"repair\": \"stream\"}]")" \
     "repair"
 expect bert_fuse_image_data "$(fuse "$vanilla")" \
     "verse corpus"
