@@ -206,17 +206,28 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_
     return st;
 }
 
+void fuse_average_buffers(const float *const *buffers, const double *weights, int n,
+                          int64_t count, float *out)
+{
+    for (int64_t k = 0; k < count; k++) {
+        double s = 0;
+        for (int p = 0; p < n; p++) s += weights[p] * (double)buffers[p][k];
+        out[k] = (float)s;
+    }
+}
+
 tf_status fuse_average(vit_model *const *models, const double *weights, int n, vit_model *out)
 {
-    for (int p = 0; p < n; p++)
+    const float *buffers[FUSE_MAX_AVERAGE];
+    if (n > FUSE_MAX_AVERAGE)
+        return tf_error_set(TF_ERR_ARG, "fuse_average: %d models; at most %d", n, FUSE_MAX_AVERAGE);
+    for (int p = 0; p < n; p++) {
         if (models[p]->num_params != out->num_params)
             return tf_error_set(TF_ERR_ARG, "fuse_average: model %d has %lld parameters, the "
                                 "output %lld", p, (long long)models[p]->num_params,
                                 (long long)out->num_params);
-    for (int64_t k = 0; k < out->num_params; k++) {
-        double s = 0;
-        for (int p = 0; p < n; p++) s += weights[p] * (double)models[p]->params[k];
-        out->params[k] = (float)s;
+        buffers[p] = models[p]->params;
     }
+    fuse_average_buffers(buffers, weights, n, out->num_params, out->params);
     return TF_OK;
 }

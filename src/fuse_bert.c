@@ -5,7 +5,7 @@
  * BERT is post-LN: the stream entering layer 0 is the embedding LayerNorm output, and the
  * stream after each residual join is that join's LayerNorm output, so those are the
  * activations of the stream blocks. The MLM head's dense layer writes into the space of the
- * token embeddings, because the decoder reuses the embedding matrix; its outputs therefore
+ * token embeddings, because the decoder reuses the embedding matrix. Its outputs therefore
  * take the embedding map. */
 #include "tfuse/fuse_bert.h"
 #include "fuse_internal.h"
@@ -291,7 +291,7 @@ static int bert_entries(const bert_model *pm, bert_model *am, fuse_entry *list)
     }
 
     /* MLM head: its dense output and LayerNorm live in the token-embedding space of the
-     * tied decoder; the decoder bias is per vocabulary entry and stays as it is. */
+     * tied decoder. The decoder bias is per vocabulary entry, so it stays as it is. */
     add(list, &n, "head_w", 0, S(BERT_HEAD_W, 0), D(BERT_HEAD_W, 0), dp, da, dp, da,
         FUSE_GROUP_EMBED, FUSE_GROUP_STREAM_FINAL, 0);
     add(list, &n, "head_b", 0, S(BERT_HEAD_B, 0), D(BERT_HEAD_B, 0), dp, da, 1, 1,
@@ -321,15 +321,17 @@ tf_status fuse_bert_align_parent(const bert_model *parent, const fuse_maps *maps
 tf_status fuse_bert_average(bert_model *const *models, const double *weights, int n,
                             bert_model *out)
 {
-    for (int p = 0; p < n; p++)
+    const float *buffers[FUSE_MAX_AVERAGE];
+    if (n > FUSE_MAX_AVERAGE)
+        return tf_error_set(TF_ERR_ARG, "fuse_bert_average: %d models; at most %d", n,
+                            FUSE_MAX_AVERAGE);
+    for (int p = 0; p < n; p++) {
         if (models[p]->num_params != out->num_params)
             return tf_error_set(TF_ERR_ARG, "fuse_bert_average: model %d has %lld parameters, "
                                 "the output %lld", p, (long long)models[p]->num_params,
                                 (long long)out->num_params);
-    for (int64_t k = 0; k < out->num_params; k++) {
-        double s = 0;
-        for (int p = 0; p < n; p++) s += weights[p] * (double)models[p]->params[k];
-        out->params[k] = (float)s;
+        buffers[p] = models[p]->params;
     }
+    fuse_average_buffers(buffers, weights, n, out->num_params, out->params);
     return TF_OK;
 }

@@ -79,6 +79,13 @@ double fuse_stats_anchor_rms(const fuse_stats *stats, int block);
 tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_plan, int ra,
                             const double *in_plan, int ca, float *out);
 
+/* Maximum number of models in one weighted average (a job file allows 64 parents). */
+#define FUSE_MAX_AVERAGE 64
+
+/* out[k] = sum_p weights[p] * buffers[p][k] for k < count, summed in double. */
+void fuse_average_buffers(const float *const *buffers, const double *weights, int n,
+                          int64_t count, float *out);
+
 /* Solves a plan of total mass 1 with uniform marginals by the given solver; `what` names
  * the problem in messages. */
 tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,

@@ -1081,19 +1081,7 @@ static tf_status write_report(const job_fuse *f, const bert_eval_result *parent_
     char *text = root ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text) return tf_error_set(TF_ERR_NOMEM, "cannot build report %s", f->report);
-    char tmp[JOB_PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", f->report);
-    FILE *out = fopen(tmp, "w");
-    tf_status st = TF_OK;
-    if (!out || fputs(text, out) < 0 || fputc('\n', out) == EOF) st = TF_ERR_IO;
-    if (out && fclose(out) != 0) st = TF_ERR_IO;
-    if (st == TF_OK && rename(tmp, f->report) != 0) st = TF_ERR_IO;
-    if (st != TF_OK) {
-        remove(tmp);
-        st = tf_error_set(TF_ERR_IO, "cannot write report %s: %s", f->report, strerror(errno));
-    } else {
-        TF_INFO("fuse %s: wrote %s", f->name, f->report);
-    }
+    tf_status st = runner_write_report(f, text);
     free(text);
     return st;
 }

@@ -318,6 +318,23 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume)
     return st;
 }
 
+tf_status runner_write_report(const job_fuse *f, const char *text)
+{
+    char tmp[JOB_PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp", f->report);
+    FILE *out = fopen(tmp, "w");
+    tf_status st = TF_OK;
+    if (!out || fputs(text, out) < 0 || fputc('\n', out) == EOF) st = TF_ERR_IO;
+    if (out && fclose(out) != 0) st = TF_ERR_IO;
+    if (st == TF_OK && rename(tmp, f->report) != 0) st = TF_ERR_IO;
+    if (st != TF_OK) {
+        remove(tmp);
+        return tf_error_set(TF_ERR_IO, "cannot write report %s: %s", f->report, strerror(errno));
+    }
+    TF_INFO("fuse %s: wrote %s", f->name, f->report);
+    return TF_OK;
+}
+
 static const char *const residual_names[] = {"joint", "mean", "weighted", "skip", "branch",
                                              "identity"};
 
@@ -367,19 +384,7 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return TF_ERR_NOMEM;
-    char tmp[JOB_PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", f->report);
-    FILE *out = fopen(tmp, "w");
-    tf_status st = TF_OK;
-    if (!out || fputs(text, out) < 0 || fputc('\n', out) == EOF) st = TF_ERR_IO;
-    if (out && fclose(out) != 0) st = TF_ERR_IO;
-    if (st == TF_OK && rename(tmp, f->report) != 0) st = TF_ERR_IO;
-    if (st != TF_OK) {
-        remove(tmp);
-        st = tf_error_set(TF_ERR_IO, "cannot write report %s: %s", f->report, strerror(errno));
-    } else {
-        TF_INFO("fuse %s: wrote %s", f->name, f->report);
-    }
+    tf_status st = runner_write_report(f, text);
     free(text);
     return st;
 }

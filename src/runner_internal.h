@@ -13,6 +13,10 @@ tf_status runner_check_output(const char *path, int overwrite, const char *key);
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test);
 /* Runs a fuse task; with resume, methods whose output files exist are loaded from them
  * instead of being rebuilt and finetuned again. */
+/* Writes a fuse task's JSON report text to f->report through a temporary file and a
+ * rename. Called on rank 0 only. */
+tf_status runner_write_report(const job_fuse *f, const char *text);
+
 tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume);
 
 /* ---- BERT tasks (src/runner_bert.c) ---- */

@@ -18,13 +18,13 @@
 
 enum fuse_solver { FUSE_SOLVER_EXACT, FUSE_SOLVER_SINKHORN };
 
-/* What a neuron is compared by. */
+/* Feature by which neurons are compared. */
 enum fuse_cost {
     FUSE_COST_ACTIVATION, /* its activations over the calibration samples */
     FUSE_COST_WEIGHT      /* its incoming weights and bias, inputs aligned, unit norm */
 };
 
-/* How the maps of the residual stream are formed. */
+/* Policy that forms the maps of the residual stream. */
 enum fuse_residual {
     FUSE_RESIDUAL_JOINT,    /* one map for the whole stream, from the stream's activations at
                                the embedding and after every residual join, concatenated */
@@ -36,7 +36,7 @@ enum fuse_residual {
     FUSE_RESIDUAL_IDENTITY  /* the identity plan everywhere on the stream (equal widths) */
 };
 
-/* Which tokens of each calibration image count as samples of a neuron's activations. */
+/* Tokens of each calibration image that count as samples of a neuron's activations. */
 enum fuse_tokens { FUSE_TOKENS_ALL, FUSE_TOKENS_CLS, FUSE_TOKENS_WINDOW };
 
 enum fuse_distance { FUSE_DIST_EUCLIDEAN, FUSE_DIST_SQEUCLIDEAN, FUSE_DIST_COSINE };
@@ -48,7 +48,7 @@ enum fuse_attention {
     FUSE_ATTN_HEAD_AWARE  /* a permutation of heads, then maps within each head */
 };
 
-/* Which activations describe a residual stream dimension for the joint map. */
+/* Activations that describe a residual stream dimension for the joint map. */
 enum fuse_stream_features {
     FUSE_STREAM_RESIDUAL,   /* the stream after the embedding and after every join */
     FUSE_STREAM_NORMALIZED, /* the LayerNorm outputs that attention and MLP read */
@@ -109,7 +109,7 @@ typedef struct {
 
 void fuse_maps_free(fuse_maps **maps);
 
-/* Groups of neurons that transport maps act on, as a tensor axis sees them. */
+/* Groups of neurons that transport maps act on, named as a tensor axis refers to them. */
 enum fuse_group {
     FUSE_GROUP_NONE = -1,  /* not aligned (raw inputs, classes, tokens) */
     FUSE_GROUP_STREAM0,    /* stream after the embedding */
