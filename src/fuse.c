@@ -373,12 +373,13 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
     for (int p = 0; st == TF_OK && p < c->n_parents; p++) {
         fuse_stats *s = c->stats[p];
         if (p == c->anchor) continue;
-        memset(s->buffer, 0, (size_t)s->buffer_len * sizeof(double));
+        /* The reduction hands over a zeroed buffer: accumulate straight into it. */
+        double *own = fuse_stats_bind(s, buffer + off);
         s->samples = 0;
         st = fuse_stats_accumulate(s, c->parents[p], c->acts[p], c->parents[c->anchor],
                                    c->acts[c->anchor], c->tokens, c->n_tokens);
+        fuse_stats_bind(s, own);
         if (st != TF_OK) break;
-        memcpy(buffer + off, s->buffer, (size_t)s->buffer_len * sizeof(double));
         buffer[off + s->buffer_len] = s->samples;
         off += s->buffer_len + 1;
     }

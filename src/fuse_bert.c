@@ -95,16 +95,16 @@ static tf_status bert_chunk_fill(int64_t chunk, double *buffer, int64_t len, voi
     for (int p = 0; st == TF_OK && p < c->n_parents; p++) {
         fuse_stats *s = c->stats[p];
         if (p == c->anchor) continue;
-        memset(s->buffer, 0, (size_t)s->buffer_len * sizeof(double));
-        s->samples = 0;
+        /* The reduction hands over a zeroed buffer: accumulate straight into it. */
+        double *own = fuse_stats_bind(s, buffer + off);
         int64_t rows = 0;
         for (int b = 0; b < s->n_blocks; b++) {
             rows = gather_bert_block(c->parents[p], c->acts[p], b, c->xp);
             gather_bert_block(c->parents[c->anchor], c->acts[c->anchor], b, c->xa);
             fuse_stats_add(s, b, c->xp, c->xa, rows);
         }
+        fuse_stats_bind(s, own);
         s->samples = (double)rows;
-        memcpy(buffer + off, s->buffer, (size_t)s->buffer_len * sizeof(double));
         buffer[off + s->buffer_len] = s->samples;
         off += s->buffer_len + 1;
     }

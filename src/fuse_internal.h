@@ -12,16 +12,16 @@ enum {
     BLOCK_LAYER0 = 2
 };
 enum {
-    BLOCK_Q = 0,     /* (d) query */
-    BLOCK_K,         /* (d) key */
-    BLOCK_V,         /* (d) value */
-    BLOCK_ATTN_OUT,  /* (d) attention branch output W_O y + b */
-    BLOCK_RES1,      /* (d) stream after the attention join */
-    BLOCK_FC1,       /* (f) MLP hidden before GELU */
-    BLOCK_MLP_OUT,   /* (d) MLP branch output */
-    BLOCK_RES2,      /* (d) stream after the MLP join */
-    BLOCK_LN1,       /* (d) LayerNorm 1 output (the stream as attention reads it) */
-    BLOCK_LN2,       /* (d) LayerNorm 2 output (the stream as the MLP reads it) */
+    BLOCK_Q = 0,    /* (d) query */
+    BLOCK_K,        /* (d) key */
+    BLOCK_V,        /* (d) value */
+    BLOCK_ATTN_OUT, /* (d) attention branch output W_O y + b */
+    BLOCK_RES1,     /* (d) stream after the attention join */
+    BLOCK_FC1,      /* (f) MLP hidden before GELU */
+    BLOCK_MLP_OUT,  /* (d) MLP branch output */
+    BLOCK_RES2,     /* (d) stream after the MLP join */
+    BLOCK_LN1,      /* (d) LayerNorm 1 output (the stream as attention reads it) */
+    BLOCK_LN2,      /* (d) LayerNorm 2 output (the stream as the MLP reads it) */
     BLOCK_PER_LAYER
 };
 
@@ -55,11 +55,16 @@ struct fuse_stats {
 fuse_stats *fuse_stats_create(const vit_config *parent, const vit_config *anchor);
 void fuse_stats_free(fuse_stats **stats);
 
+/* Points the arrays of stats into buffer (buffer_len doubles, same layout) and returns the
+ * buffer used before. Lets a chunk accumulate straight into a reduction buffer; bind the
+ * returned buffer back before fuse_stats_free, which frees stats->buffer. */
+double *fuse_stats_bind(fuse_stats *stats, double *buffer);
+
 /* Adds one calibration batch: acts_p and acts_a from vit_forward of the parent and the
  * anchor on the same B images. tokens lists the selected token indices (n_tokens). */
-tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent,
-                                const vit_acts *acts_p, const vit_model *anchor,
-                                const vit_acts *acts_a, const int *tokens, int n_tokens);
+tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent, const vit_acts *acts_p,
+                                const vit_model *anchor, const vit_acts *acts_a, const int *tokens,
+                                int n_tokens);
 
 /* Writes the (n, m) cost between the parent's and the anchor's neurons, from the
  * concatenation of the listed blocks (each z-scored on its own if opt->zscore), with
@@ -83,18 +88,17 @@ tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_pl
 #define FUSE_MAX_AVERAGE 64
 
 /* out[k] = sum_p weights[p] * buffers[p][k] for k < count, summed in double. */
-void fuse_average_buffers(const float *const *buffers, const double *weights, int n,
-                          int64_t count, float *out);
+void fuse_average_buffers(const float *const *buffers, const double *weights, int n, int64_t count,
+                          float *out);
 
 /* Solves a plan of total mass 1 with uniform marginals by the given solver; `what` names
  * the problem in messages. */
-tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
-                          double epsilon, const char *what, double *plan);
+tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver, double epsilon,
+                          const char *what, double *plan);
 
 /* Head-aware Q/K and V plans (n, m) of one layer from their full cost matrices. */
 tf_status fuse_head_aware_layer(const double *cost_qk, const double *cost_v, int heads, int n,
-                                int m, const fuse_options *opt, double *plan_qk,
-                                double *plan_v);
+                                int m, const fuse_options *opt, double *plan_qk, double *plan_v);
 
 /* Plan of a residual join: (1 - w) skip + w branch, w by the residual policy (branch_weight
  * for "weighted"). Returns a new (n, m) array or NULL. */
@@ -103,8 +107,8 @@ double *fuse_join_plans(const double *skip, const double *branch, int64_t count,
 
 /* What the OT stage needs of a model, whatever its architecture. */
 typedef struct {
-    vit_config cfg;       /* d, mlp, heads and layers; the other fields matter for ViT only */
-    const float *pos;     /* position embeddings (pos_rows, d) */
+    vit_config cfg;   /* d, mlp, heads and layers; the other fields matter for ViT only */
+    const float *pos; /* position embeddings (pos_rows, d) */
     int pos_rows;
     const vit_model *vit; /* the model when it is a ViT (weight-based costs), else NULL */
 } fuse_view;
@@ -122,8 +126,7 @@ tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
 
 /* Adds rows samples of one block: xp (rows, n) from the parent, xa (rows, m) from the
  * anchor. Does not count samples (see fuse_stats.samples). */
-void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa,
-                    int64_t rows);
+void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa, int64_t rows);
 
 /* Position-embedding plan from the columns of the two models' position embeddings. */
 tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,

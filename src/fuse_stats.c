@@ -33,18 +33,27 @@ fuse_stats *fuse_stats_create(const vit_config *parent, const vit_config *anchor
         fuse_stats_free(&s);
         return NULL;
     }
-    double *p = s->buffer;
+    for (int b = 0; b < s->n_blocks; b++) {
+        s->block[b].n = block_width(parent, b);
+        s->block[b].m = block_width(anchor, b);
+    }
+    fuse_stats_bind(s, s->buffer);
+    return s;
+}
+
+double *fuse_stats_bind(fuse_stats *s, double *buffer)
+{
+    double *previous = s->buffer, *p = buffer;
+    s->buffer = buffer;
     for (int b = 0; b < s->n_blocks; b++) {
         fuse_block_stats *k = &s->block[b];
-        k->n = block_width(parent, b);
-        k->m = block_width(anchor, b);
         k->sum_p = p, p += k->n;
         k->sq_p = p, p += k->n;
         k->sum_a = p, p += k->m;
         k->sq_a = p, p += k->m;
         k->cross = p, p += (int64_t)k->n * k->m;
     }
-    return s;
+    return previous;
 }
 
 void fuse_stats_free(fuse_stats **stats)
@@ -59,8 +68,8 @@ void fuse_stats_free(fuse_stats **stats)
 /* Copies block `block` of one model's activations for the selected tokens into rows of
  * out (R = B * n_tokens rows, width columns), as doubles. Branch outputs are differences of
  * the stream before and after the join. */
-static void gather_block(const vit_model *model, const vit_acts *a, int block,
-                         const int *tokens, int n_tokens, double *out)
+static void gather_block(const vit_model *model, const vit_acts *a, int block, const int *tokens,
+                         int n_tokens, double *out)
 {
     const vit_config *c = &model->cfg;
     const int B = a->batch, T = vit_tokens(c), d = c->d, f = c->mlp;
@@ -112,20 +121,19 @@ static void add_sums(const double *x, int64_t rows, int width, double *sum, doub
         }
 }
 
-void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa,
-                    int64_t rows)
+void fuse_stats_add(fuse_stats *stats, int block, const double *xp, const double *xa, int64_t rows)
 {
     fuse_block_stats *k = &stats->block[block];
     add_sums(xp, rows, k->n, k->sum_p, k->sq_p);
     add_sums(xa, rows, k->m, k->sum_a, k->sq_a);
     /* cross (n, m) += xp^T (n, R) xa (R, m) */
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k->n, k->m, (int)rows, 1.0, xp, k->n,
-                xa, k->m, 1.0, k->cross, k->m);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k->n, k->m, (int)rows, 1.0, xp, k->n, xa,
+                k->m, 1.0, k->cross, k->m);
 }
 
-tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent,
-                                const vit_acts *acts_p, const vit_model *anchor,
-                                const vit_acts *acts_a, const int *tokens, int n_tokens)
+tf_status fuse_stats_accumulate(fuse_stats *stats, const vit_model *parent, const vit_acts *acts_p,
+                                const vit_model *anchor, const vit_acts *acts_a, const int *tokens,
+                                int n_tokens)
 {
     const int64_t rows = (int64_t)acts_a->batch * n_tokens;
     int max_width = parent->cfg.mlp > parent->cfg.d ? parent->cfg.mlp : parent->cfg.d;
