@@ -4,7 +4,14 @@
  * merges it with the node below while the two are the left and right child of one parent,
  * so the stack always contains the largest complete nodes of the chunks seen so far: at most
  * about 2 log2(chunks) + 1 of them for a range that starts anywhere, and log2(chunks) + 1
- * for a range that starts at chunk 0. */
+ * for a range that starts at chunk 0.
+ *
+ * The ranks then combine their stacks as a reduce-scatter followed by an all-gather: the
+ * values are cut into one segment per rank, rank o receives segment o of every rank's
+ * nodes and pushes them, in rank order, onto a stack of segment-length nodes, where the
+ * same merge rule completes the tree; then each rank broadcasts its segment. Every rank
+ * sends and receives about 2 len (size - 1) / size values plus the nodes beyond the first
+ * of its stack, whatever the number of ranks, and does 1 / size of the final additions. */
 #include "tfuse/reduce.h"
 
 #include <stdlib.h>
@@ -110,14 +117,6 @@ void reduce_chunk_range(int64_t n_chunks, int rank, int size, int64_t *first, in
     *last = n_chunks * (rank + 1) / size;
 }
 
-static void send_doubles(MPI_Comm comm, int dest, const double *x, int64_t len)
-{
-    for (int64_t off = 0; off < len; off += PIECE) {
-        int count = (int)(len - off < PIECE ? len - off : PIECE);
-        TF_MPI_CHECK(MPI_Send(x + off, count, MPI_DOUBLE, dest, TAG_DATA, comm));
-    }
-}
-
 static void recv_doubles(MPI_Comm comm, int source, double *x, int64_t len)
 {
     for (int64_t off = 0; off < len; off += PIECE) {
@@ -127,39 +126,77 @@ static void recv_doubles(MPI_Comm comm, int source, double *x, int64_t len)
     }
 }
 
-static void send_stack(MPI_Comm comm, int dest, const node_stack *s)
+/* Segment [*lo, *hi) of the len values that rank `owner` of `size` adds up. */
+static void segment(int64_t len, int owner, int size, int64_t *lo, int64_t *hi)
 {
-    int64_t count = s->count;
-    TF_MPI_CHECK(MPI_Send(&count, 1, MPI_INT64_T, dest, TAG_COUNT, comm));
-    for (int i = 0; i < s->count; i++) {
-        int64_t head[2] = {s->node[i].start, s->node[i].level};
-        TF_MPI_CHECK(MPI_Send(head, 2, MPI_INT64_T, dest, TAG_NODE, comm));
-        send_doubles(comm, dest, s->node[i].data, s->len);
-    }
+    *lo = len * owner / size;
+    *hi = len * (owner + 1) / size;
 }
 
-/* Receives the nodes of rank `source` and pushes them in order. After a failure the rest
- * is still received (into one buffer) so that the sender does not block forever. */
-static tf_status recv_stack(MPI_Comm comm, int source, node_stack *s, double **incoming)
+static int64_t pieces(int64_t len)
+{
+    return (len + PIECE - 1) / PIECE;
+}
+
+/* Starts sending, to every other rank o, this rank's node list and the o-th segment of
+ * each node. head holds the list ([count, start, level, ...]) and, like the nodes, must
+ * stay unchanged until the requests complete. Returns the number of requests. */
+static int start_sends(MPI_Comm comm, int rank, int size, const node_stack *local, int64_t len,
+                       const int64_t *head, MPI_Request *req)
+{
+    int n = 0;
+    for (int o = 0; o < size; o++) {
+        if (o == rank) continue;
+        TF_MPI_CHECK(MPI_Isend(head, 1 + 2 * STACK_MAX, MPI_INT64_T, o, TAG_NODE, comm, &req[n++]));
+        int64_t lo, hi;
+        segment(len, o, size, &lo, &hi);
+        for (int i = 0; i < local->count; i++)
+            for (int64_t off = lo; off < hi; off += PIECE) {
+                int count = (int)(hi - off < PIECE ? hi - off : PIECE);
+                TF_MPI_CHECK(MPI_Isend(local->node[i].data + off, count, MPI_DOUBLE, o, TAG_DATA,
+                                       comm, &req[n++]));
+            }
+    }
+    return n;
+}
+
+/* Pushes a copy of one node (or of a received one in *incoming) onto the segment stack.
+ * After a failure nothing is pushed, so that the caller can go on receiving. */
+static tf_status push_copy(node_stack *seg, int64_t start, int64_t level, double **incoming)
+{
+    double *next = stack_buffer(seg);
+    if (!next) return TF_ERR_NOMEM;
+    tf_status st = stack_push(seg, start, level, *incoming);
+    if (st == TF_OK)
+        *incoming = next;
+    else
+        stack_recycle(seg, next);
+    return st;
+}
+
+/* Receives, from every rank in rank order (which is chunk order), its nodes' values in
+ * this rank's segment [lo, hi), and pushes them onto seg; this rank's own nodes are copied
+ * in at their place. After a failure the rest is still received, so that no sender blocks
+ * forever. */
+static tf_status gather_segment(MPI_Comm comm, int rank, int size, const node_stack *local,
+                                int64_t lo, int64_t hi, node_stack *seg, double **incoming)
 {
     tf_status st = TF_OK;
-    int64_t count = 0;
-    TF_MPI_CHECK(MPI_Recv(&count, 1, MPI_INT64_T, source, TAG_COUNT, comm, MPI_STATUS_IGNORE));
-    for (int64_t i = 0; i < count; i++) {
-        int64_t head[2];
-        TF_MPI_CHECK(MPI_Recv(head, 2, MPI_INT64_T, source, TAG_NODE, comm, MPI_STATUS_IGNORE));
-        recv_doubles(comm, source, *incoming, s->len);
-        if (st != TF_OK) continue;
-        double *next = stack_buffer(s);
-        if (!next) {
-            st = TF_ERR_NOMEM;
+    int64_t head[1 + 2 * STACK_MAX];
+    for (int q = 0; q < size; q++) {
+        if (q == rank) {
+            for (int i = 0; st == TF_OK && i < local->count; i++) {
+                memcpy(*incoming, local->node[i].data + lo, (size_t)(hi - lo) * sizeof(double));
+                st = push_copy(seg, local->node[i].start, local->node[i].level, incoming);
+            }
             continue;
         }
-        st = stack_push(s, head[0], head[1], *incoming);
-        if (st == TF_OK)
-            *incoming = next;
-        else
-            stack_recycle(s, next);
+        TF_MPI_CHECK(
+            MPI_Recv(head, 1 + 2 * STACK_MAX, MPI_INT64_T, q, TAG_NODE, comm, MPI_STATUS_IGNORE));
+        for (int64_t i = 0; i < head[0]; i++) {
+            recv_doubles(comm, q, *incoming, hi - lo);
+            if (st == TF_OK) st = push_copy(seg, head[1 + 2 * i], head[2 + 2 * i], incoming);
+        }
     }
     return st;
 }
@@ -204,46 +241,70 @@ tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce
                             "reduce_chunks_sum: n_chunks = %lld and len = %lld "
                             "must be >= 0",
                             (long long)n_chunks, (long long)len);
-    node_stack *s = tf_calloc(1, sizeof *s);
-    if (!s) return agree(comm, TF_ERR_NOMEM);
-    s->n_chunks = n_chunks;
-    s->len = len > 0 ? len : 1;
-    int64_t first, last;
+    int64_t lo, hi, first, last;
+    segment(len, rank, size, &lo, &hi);
     reduce_chunk_range(n_chunks, rank, size, &first, &last);
-    double *incoming = stack_buffer(s);
+    node_stack *local = tf_calloc(1, sizeof *local), *seg = tf_calloc(1, sizeof *seg);
+    tf_status st = local && seg ? TF_OK : TF_ERR_NOMEM;
+    double *incoming = NULL;
+    if (st == TF_OK) {
+        local->n_chunks = seg->n_chunks = n_chunks;
+        local->len = len > 0 ? len : 1;
+        seg->len = hi > lo ? hi - lo : 1;
+        if (size > 1 && !(incoming = stack_buffer(seg))) st = TF_ERR_NOMEM;
+    }
 
     /* Step 1: this rank's chunks into the largest complete nodes of its range. */
-    tf_status st = incoming ? fill_local(s, first, last, fill, ctx) : TF_ERR_NOMEM;
+    if (st == TF_OK) st = fill_local(local, first, last, fill, ctx);
     st = agree(comm, st);
 
-    /* Step 2: binomial tree over ranks; rank r + step sends its nodes to rank r, whose
-     * range ends where the sender's begins, so nodes keep arriving in chunk order. */
-    for (int step = 1; st == TF_OK && step < size; step *= 2) {
-        if (rank % (2 * step) == step) {
-            send_stack(comm, rank - step, s);
-            break;
+    /* Step 2: rank o adds up segment o of the result: it receives that segment of every
+     * rank's nodes, in rank order, and merges them on the same tree. */
+    if (st == TF_OK && size > 1) {
+        int64_t head[1 + 2 * STACK_MAX] = {local->count};
+        for (int i = 0; i < local->count; i++) {
+            head[1 + 2 * i] = local->node[i].start;
+            head[2 + 2 * i] = local->node[i].level;
         }
-        if (rank % (2 * step) == 0 && rank + step < size)
-            st = recv_stack(comm, rank + step, s, &incoming);
+        int64_t n_req = 0;
+        for (int o = 0; o < size; o++) {
+            int64_t olo, ohi;
+            segment(len, o, size, &olo, &ohi);
+            if (o != rank) n_req += 1 + local->count * pieces(ohi - olo);
+        }
+        MPI_Request *req = tf_malloc((size_t)n_req * sizeof *req);
+        /* NOTE: the other ranks are already waiting for this rank's nodes, so a failed
+         * allocation of the request list cannot be reported; it ends the job in MPI. */
+        if (!req) tf_mpi_fail(MPI_ERR_NO_MEM, "reduction requests", __FILE__, __LINE__);
+        int n = start_sends(comm, rank, size, local, len, head, req);
+        st = gather_segment(comm, rank, size, local, lo, hi, seg, &incoming);
+        TF_MPI_CHECK(MPI_Waitall(n, req, MPI_STATUSES_IGNORE));
+        free(req);
     }
-    if (st == TF_OK && rank == 0) st = stack_finish(s);
+    /* On one rank the local nodes cover every chunk and the segment is everything. */
+    node_stack *sums = size > 1 ? seg : local;
+    if (st == TF_OK) st = stack_finish(sums);
     st = agree(comm, st);
 
-    /* Step 3: rank 0 has the root and broadcasts it. */
-    if (st == TF_OK && len > 0) {
-        if (rank == 0) {
-            if (s->count == 1)
-                memcpy(result, s->node[0].data, (size_t)len * sizeof(double));
-            else
-                memset(result, 0, (size_t)len * sizeof(double));
-        }
-        for (int64_t off = 0; off < len; off += PIECE) {
-            int count = (int)(len - off < PIECE ? len - off : PIECE);
-            TF_MPI_CHECK(MPI_Bcast(result + off, count, MPI_DOUBLE, 0, comm));
+    /* Step 3: every rank's segment to every rank. */
+    if (st == TF_OK && hi > lo) {
+        if (sums->count == 1)
+            memcpy(result + lo, sums->node[0].data, (size_t)(hi - lo) * sizeof(double));
+        else
+            memset(result + lo, 0, (size_t)(hi - lo) * sizeof(double));
+    }
+    for (int o = 0; st == TF_OK && size > 1 && o < size; o++) {
+        int64_t olo, ohi;
+        segment(len, o, size, &olo, &ohi);
+        for (int64_t off = olo; off < ohi; off += PIECE) {
+            int count = (int)(ohi - off < PIECE ? ohi - off : PIECE);
+            TF_MPI_CHECK(MPI_Bcast(result + off, count, MPI_DOUBLE, o, comm));
         }
     }
     free(incoming);
-    stack_free(s);
-    free(s);
+    if (local) stack_free(local);
+    if (seg) stack_free(seg);
+    free(local);
+    free(seg);
     return st;
 }

@@ -62,8 +62,8 @@ static void serial_tree(int64_t n, int64_t len, double *out)
 
 static void check_count(int64_t n, int64_t len, int rank, int size)
 {
-    double *got = malloc((size_t)len * sizeof(double)),
-           *want = malloc((size_t)len * sizeof(double));
+    double *got = malloc((size_t)(len > 0 ? len : 1) * sizeof(double)),
+           *want = malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
     fill_ctx ctx = {.fail_at = -1, .calls = 0};
     tf_status st = reduce_chunks_sum(MPI_COMM_WORLD, n, len, fill, &ctx, got);
     TU_CHECK(st == TF_OK, "n = %lld: reduce_chunks_sum failed: %s", (long long)n, tf_error_get());
@@ -117,6 +117,8 @@ int main(int argc, char **argv)
         check_count(counts[k], 257, rank, size);
     check_count(1, 1, rank, size);
     check_count(37, 1, rank, size);
+    check_count(13, 3, rank, size); /* fewer values than ranks at 4 ranks */
+    check_count(6, 0, rank, size);
     check_order_matters(100, 257);
 
     /* A fill that fails on one chunk makes every rank fail. */

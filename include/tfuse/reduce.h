@@ -27,10 +27,10 @@ void reduce_chunk_range(int64_t n_chunks, int rank, int size, int64_t *first, in
 /* Collective on comm. Computes result (len doubles, on every rank) = the tree sum of the
  * chunk buffers 0 .. n_chunks - 1 described above. Each rank fills the chunks of its
  * reduce_chunk_range in order and adds them into the largest complete tree nodes of its
- * range. The ranks then pass their nodes down a binomial tree over rank numbers (rank
- * r + s sends to rank r at step s), and each receiver adds them in chunk order. Rank 0
- * broadcasts the root. A rank holds at most about 2 log2(n_chunks) + 2 buffers of len
- * doubles at once, never one per chunk. n_chunks = 0 gives zeros.
+ * range. Rank o then receives segment o (values [len o / size, len (o + 1) / size)) of
+ * every rank's nodes, adds them in chunk order on the same tree, and broadcasts the
+ * result's segment. A rank holds at most about 2 log2(n_chunks) + 2 buffers of len
+ * doubles, plus as many of len / size, never one per chunk. n_chunks = 0 gives zeros.
  * If fill fails on any rank, every rank returns a failure (the failing rank keeps its own
  * message) and result is unspecified. */
 tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce_fill_fn fill,
