@@ -1,31 +1,61 @@
 #!/usr/bin/env python3
-"""Print a fuse task's JSON report (or several) as a Markdown table of test accuracies.
+"""Print fuse task JSON reports as Markdown tables.
 
 usage: tools/report_table.py REPORT.json [REPORT.json ...]
-Uses only the standard library.
+
+A ViT report gives test accuracies in percent. A BERT report (its "architecture" is
+"bert") gives the held-out masked-token loss in nats, the perplexity and the masked-token
+accuracy in percent. Both have a column per stage: one shot and, when the job finetuned,
+after the finetune. Uses only the standard library.
 """
 import json
 import os
 import sys
 
 
+def vit_cells(item, prefix):
+    key = "test_accuracy" if prefix == "parent" else f"{prefix}_accuracy"
+    value = item.get(key)
+    return [f"{100 * value:.2f}" if value is not None else ""]
+
+
+def bert_cells(item, prefix):
+    keys = ("heldout_loss", "heldout_perplexity", "heldout_accuracy") if prefix == "parent" \
+        else (f"{prefix}_loss", f"{prefix}_perplexity", f"{prefix}_accuracy")
+    loss, ppl, acc = (item.get(k) for k in keys)
+    if loss is None:
+        return ["", "", ""]
+    return [f"{loss:.3f}", f"{ppl:.1f}", f"{100 * acc:.2f}"]
+
+
 def table(path):
-    report = json.load(open(path))
-    lines = [f"`{path}`", ""]
-    finetuned = any("finetuned_accuracy" in m for m in report["methods"])
+    with open(path) as f:
+        report = json.load(f)
+    bert = report.get("architecture") == "bert"
+    cells = bert_cells if bert else vit_cells
+    stage_cols = ["loss", "perplexity", "accuracy %"] if bert else ["accuracy %"]
+    finetuned = any(("finetuned_loss" if bert else "finetuned_accuracy") in m
+                    for m in report["methods"])
     steps = report.get("finetune_steps", 0)
-    head = "| model | one-shot |" + (f" after {steps} finetune steps |" if finetuned else "")
-    lines += [head, "|---|---|" + ("---|" if finetuned else "")]
+    head = ["model"] + [f"one-shot {c}" for c in stage_cols]
+    if finetuned:
+        head += [f"after {steps} steps, {c}" for c in stage_cols]
+    lines = [f"`{path}`", ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    blank = [""] * len(stage_cols) if finetuned else []
     for i, p in enumerate(report["parents"]):
         name = os.path.basename(p["file"]) + (" (anchor)" if p["anchor"] else "")
-        lines.append(f"| parent {i}: {name} | {100 * p['test_accuracy']:.2f} |" +
-                     (" |" if finetuned else ""))
+        lines.append("| " + " | ".join([f"parent {i}: {name}"] + cells(p, "parent") + blank)
+                     + " |")
     for m in report["methods"]:
-        row = f"| {m['name']} | {100 * m['one_shot_accuracy']:.2f} |"
+        row = [m["name"]] + cells(m, "one_shot")
         if finetuned:
-            acc = m.get("finetuned_accuracy")
-            row += f" {100 * acc:.2f} |" if acc is not None else " |"
-        lines.append(row)
+            row += cells(m, "finetuned")
+        lines.append("| " + " | ".join(row) + " |")
+    if bert and "unigram_loss" in report:
+        lines += ["", f"Unigram baseline: {report['unigram_loss']:.3f} nats over "
+                  f"{report.get('eval_tokens', '?')} masked tokens."]
     return "\n".join(lines)
 
 
