@@ -384,7 +384,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
                                        "attention",  "tokens",          "window",
                                        "zscore",     "distance",        "normalize",
                                        "repair",     "stream_features", "ot_distributed_threshold",
-                                       NULL};
+                                       "ot_group_ranks", NULL};
     static const char *const kinds[] = {"vanilla", "ot", NULL};
     static const char *const solvers[] = {"exact", "sinkhorn", NULL};
     static const char *const costs[] = {"activation", "weight", NULL};
@@ -440,6 +440,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     o->stream_features = (enum fuse_stream_features)v;
     TRY(get_int64(ctx, obj, path, "ot_distributed_threshold", 0, 0, 0, INT64_C(1) << 62,
                   &o->ot_dist_threshold));
+    TRY(get_int(ctx, obj, path, "ot_group_ranks", 0, 0, 0, 1 << 24, &o->ot_group_ranks));
     if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
         o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
     if (o->cost == FUSE_COST_WEIGHT &&
