@@ -331,9 +331,10 @@ static tf_status parse_optimizer(const parse_ctx *ctx, const cJSON *obj, const c
 
 static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char *path, job_train *t)
 {
-    static const char *const keys[] = {"task",   "name",      "model",      "data", "optimizer",
-                                       "epochs", "steps",     "batch_size", "seed", "log_every",
-                                       "output", "overwrite", "vocab",      NULL};
+    static const char *const keys[] = {
+        "task",       "name", "model",     "data",   "optimizer", "epochs", "steps",
+        "batch_size", "seed", "log_every", "output", "overwrite", "vocab",  "checkpoint_every",
+        NULL};
     char sub[256];
     TRY(check_keys(ctx, obj, path, keys));
     TRY(get_string(ctx, obj, path, "name", 0, "train", t->name, sizeof t->name));
@@ -370,6 +371,8 @@ static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char 
     TRY(get_int64(ctx, obj, path, "seed", 0, 0, 0, INT64_C(1) << 52, &seed));
     t->seed = (uint64_t)seed;
     TRY(get_int(ctx, obj, path, "log_every", 0, 100, 1, 1 << 30, &t->log_every));
+    TRY(get_int64(ctx, obj, path, "checkpoint_every", 0, 0, 0, INT64_C(1) << 40,
+                  &t->checkpoint_every));
     TRY(get_string(ctx, obj, path, "output", 1, "", t->output, sizeof t->output));
     TRY(get_bool(ctx, obj, path, "overwrite", 0, &t->overwrite));
     return TF_OK;
@@ -456,9 +459,9 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
 static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const char *path,
                                 job_finetune *f)
 {
-    static const char *const keys[] = {"steps",        "lr",           "min_lr",
-                                       "weight_decay", "warmup_steps", "batch_size",
-                                       "seed",         "distill",      NULL};
+    static const char *const keys[] = {
+        "steps",      "lr",   "min_lr",  "weight_decay",     "warmup_steps",
+        "batch_size", "seed", "distill", "checkpoint_every", NULL};
     memset(f, 0, sizeof *f);
     if (!obj) return TF_OK;
     TRY(check_keys(ctx, obj, path, keys));
@@ -472,6 +475,8 @@ static tf_status parse_finetune(const parse_ctx *ctx, const cJSON *obj, const ch
     TRY(get_int64(ctx, obj, path, "seed", 0, 0, 0, INT64_C(1) << 52, &seed));
     f->seed = (uint64_t)seed;
     TRY(get_double(ctx, obj, path, "distill", 0, 0.0, 0.0, 1.0, &f->distill));
+    TRY(get_int64(ctx, obj, path, "checkpoint_every", 0, 0, 0, INT64_C(1) << 40,
+                  &f->checkpoint_every));
     return TF_OK;
 }
 
@@ -580,6 +585,11 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
     TRY(get_bool(ctx, obj, path, "save_aligned", 0, &f->save_aligned));
     TRY(get_bool(ctx, obj, path, "save_maps", 1, &f->save_maps));
     TRY(get_bool(ctx, obj, path, "overwrite", 0, &f->overwrite));
+    if (f->finetune.checkpoint_every > 0 && !f->output_dir[0])
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.finetune.checkpoint_every needs output_dir, the directory "
+                            "that holds the checkpoints; set output_dir or remove the key",
+                            ctx->file, path);
     return TF_OK;
 }
 

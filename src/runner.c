@@ -1,6 +1,7 @@
 /* The job runner: each task is a flat sequence of steps (load, compute, evaluate, save),
  * with every output written under a temporary name and renamed when complete. */
 #include "tfuse/runner.h"
+#include "tfuse/checkpoint.h"
 #include "tfuse/data.h"
 #include "tfuse/h5file.h"
 #include "tfuse/train.h"
@@ -153,6 +154,18 @@ static tf_status check_output(const check_ctx *ctx, const char *path, int overwr
     return check_output_dir(path, key, ctx->create_dirs);
 }
 
+/* Warns when the checkpoint of output exists but the job does not resume, because the
+ * training then starts from step 0 and replaces it. */
+static void warn_unused_checkpoint(const check_ctx *ctx, const char *output)
+{
+    char path[JOB_PATH_MAX + 128];
+    snprintf(path, sizeof path, "%s.ckpt.h5", output);
+    if (ctx->warn && !ctx->job->resume && runner_file_exists(path))
+        TF_WARN("checkpoint %s exists, but the job does not set \"resume\": true, so training "
+                "starts from step 0 and replaces it",
+                path);
+}
+
 tf_status runner_check_output(const char *path, int overwrite, const char *key)
 {
     const check_ctx ctx = {.job = NULL, .ranks = 1, .create_dirs = 1, .warn = 0, .cache = NULL};
@@ -240,6 +253,7 @@ static tf_status check_train(const check_ctx *ctx, const job_train *t, int index
 {
     char key[64];
     validate_idx_info train, test;
+    warn_unused_checkpoint(ctx, t->output);
     if (t->arch == JOB_ARCH_BERT) {
         tf_status st = runner_check_bert_train(ctx->job, t, index, ctx->ranks, ctx->warn);
         snprintf(key, sizeof key, "tasks[%d].output", index);
@@ -347,6 +361,7 @@ static tf_status check_fuse_outputs(const check_ctx *ctx, const job_fuse *f, int
             if (f->finetune.steps <= 0) continue;
             snprintf(path, sizeof path, "%s/%s-finetuned.h5", f->output_dir, f->methods[m].name);
             if ((st = check_output(ctx, path, f->overwrite, key)) != TF_OK) return st;
+            warn_unused_checkpoint(ctx, path);
         }
     }
     if (f->report[0]) {
@@ -538,13 +553,15 @@ tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_
     return st;
 }
 
-static tf_status run_train(MPI_Comm comm, const job_train *t, int resume)
+static tf_status run_train(MPI_Comm comm, const job_train *t, const job_file *job)
 {
-    if (resume && runner_file_exists(t->output)) {
+    if (job->resume && runner_file_exists(t->output)) {
         TF_INFO("train %s: %s exists; skipped (resume)", t->name, t->output);
         return TF_OK;
     }
-    if (t->arch == JOB_ARCH_BERT) return runner_run_train_bert(comm, t);
+    if (t->arch == JOB_ARCH_BERT) return runner_run_train_bert(comm, t, job);
+    char checkpoint[JOB_PATH_MAX + 16];
+    snprintf(checkpoint, sizeof checkpoint, "%s.ckpt.h5", t->output);
     tf_image_set *train = NULL, *test = NULL;
     vit_model *model = NULL;
     double accuracy = 0, loss = 0;
@@ -574,7 +591,11 @@ static tf_status run_train(MPI_Comm comm, const job_train *t, int resume)
                          .warmup_steps = t->optimizer.warmup_steps,
                          .seed = t->seed,
                          .log_every = t->log_every,
-                         .label = t->name};
+                         .label = t->name,
+                         .checkpoint_path = checkpoint,
+                         .checkpoint_every = t->checkpoint_every,
+                         .resume = job->resume,
+                         .stop_after = job->stop_after};
     st = train_run(comm, model, train, &opt, &result);
     if (st != TF_OK) goto done;
 
@@ -585,6 +606,7 @@ static tf_status run_train(MPI_Comm comm, const job_train *t, int resume)
             100 * accuracy, loss, result.seconds, result.images_per_second);
     st = vit_model_save(model, comm, t->output, t->overwrite);
     if (st == TF_OK) TF_INFO("train %s: wrote %s", t->name, t->output);
+    if (st == TF_OK) st = ckpt_remove(comm, checkpoint);
 done:
     vit_model_free(&model);
     idx_image_set_free(&train);
@@ -599,8 +621,8 @@ tf_status runner_run_job(MPI_Comm comm, const job_file *job, int validate_only)
     for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];
         double t0 = tf_seconds();
-        st = task->kind == JOB_TASK_TRAIN ? run_train(comm, &task->train, job->resume)
-                                          : runner_run_fuse(comm, &task->fuse, job->resume);
+        st = task->kind == JOB_TASK_TRAIN ? run_train(comm, &task->train, job)
+                                          : runner_run_fuse(comm, &task->fuse, job);
         if (st == TF_OK)
             TF_INFO("task %d of %d (%s) finished in %.1f s", i + 1, job->n_tasks,
                     task->kind == JOB_TASK_TRAIN ? task->train.name : task->fuse.name,

@@ -3,6 +3,7 @@
  * the held-out books with the same seeded masks for every model. */
 #include "runner_internal.h"
 #include "tfuse/bert.h"
+#include "tfuse/checkpoint.h"
 #include "tfuse/fuse_bert.h"
 #include "tfuse/h5file.h"
 #include "tfuse/text.h"
@@ -202,6 +203,11 @@ typedef struct {
     bert_model *const *teachers;
     const double *teacher_weights;
     int n_teachers;
+    /* Checkpoints and the stop hook as in train_options. */
+    const char *checkpoint_path;
+    int64_t checkpoint_every;
+    int resume;
+    int64_t stop_after;
 } bert_train_options;
 
 /* Local buffers of one training loop. */
@@ -313,6 +319,8 @@ static tf_status local_step(bert_model *model, const bert_train_options *o, trai
 typedef struct {
     double t_start, t_log, loss_sum;
     int64_t loss_steps, per_epoch;
+    int64_t first_step; /* steps restored from a checkpoint */
+    double last_loss;   /* mean loss of the last progress line */
 } train_progress;
 
 /* Logs the mean loss since the last log line. Collective. Returns TF_ERR_NUMERIC when the
@@ -328,13 +336,14 @@ static tf_status log_progress(MPI_Comm comm, const bert_train_options *o, train_
                             "%s: training loss became %g at step %lld; lower the learning rate",
                             o->label, mean_loss, (long long)step + 1);
     double now = tf_seconds();
-    double rate = (double)(step + 1) / (now - pr->t_start);
+    double rate = (double)(step + 1 - pr->first_step) / (now - pr->t_start);
     TF_INFO("%s: step %lld/%lld  epoch %.2f  MLM loss %.4f  lr %.2e  %.0f seq/s  %.0f s left",
             o->label, (long long)step + 1, (long long)o->steps,
             (double)(step + 1) / (double)pr->per_epoch, mean_loss, lr,
             (double)pr->loss_steps * o->batch_size / (now - pr->t_log),
             (double)(o->steps - step - 1) / rate);
     pr->t_log = now;
+    pr->last_loss = mean_loss;
     pr->loss_sum = 0;
     pr->loss_steps = 0;
     return TF_OK;
@@ -376,6 +385,84 @@ static tf_status train_step(MPI_Comm comm, bert_model *model, const text_seqs *t
     return TF_OK;
 }
 
+/* Settings a checkpoint of train_mlm must match; returns their count. */
+static int checkpoint_settings(const bert_train_options *o, const bert_model *model,
+                               int64_t train_count, ckpt_setting *s)
+{
+    const bert_config *c = &model->cfg;
+    const ckpt_setting list[] = {
+        {"steps", 0, o->steps, 0},
+        {"batch_size", 0, o->batch_size, 0},
+        {"seed", 0, (int64_t)o->seed, 0},
+        {"warmup_steps", 0, o->warmup_steps, 0},
+        {"training_sequences", 0, train_count, 0},
+        {"teachers", 0, o->distill > 0 ? o->n_teachers : 0, 0},
+        {"lr", 1, 0, o->lr},
+        {"min_lr", 1, 0, o->min_lr},
+        {"weight_decay", 1, 0, o->weight_decay},
+        {"beta1", 1, 0, o->beta1},
+        {"beta2", 1, 0, o->beta2},
+        {"eps", 1, 0, o->eps},
+        {"distill", 1, 0, o->distill},
+        {"mask_prob", 1, 0, o->mask_prob},
+        {"vocab", 0, c->vocab, 0},
+        {"seq_len", 0, c->seq_len, 0},
+        {"d", 0, c->d, 0},
+        {"layers", 0, c->layers, 0},
+        {"heads", 0, c->heads, 0},
+        {"mlp", 0, c->mlp, 0},
+        {"ln_eps", 1, 0, c->ln_eps},
+        {"num_params", 0, model->num_params, 0},
+    };
+    memcpy(s, list, sizeof list);
+    return (int)(sizeof list / sizeof list[0]);
+}
+
+/* Writes the state after progress's step (loss sum: this rank's share) to the checkpoint.
+ * Collective. */
+static tf_status checkpoint_save(MPI_Comm comm, const bert_train_options *o,
+                                 const bert_model *model, const bert_adamw *adam,
+                                 int64_t train_count, const train_progress *pr)
+{
+    ckpt_setting settings[CKPT_MAX_SETTINGS];
+    const int n = checkpoint_settings(o, model, train_count, settings);
+    const ckpt_state state = {.num_params = model->num_params,
+                              .params = model->params,
+                              .adam_m = adam->m,
+                              .adam_v = adam->v,
+                              .step = adam->step,
+                              .loss_sum = pr->loss_sum,
+                              .loss_steps = pr->loss_steps,
+                              .last_loss = pr->last_loss};
+    return ckpt_save_training(comm, o->checkpoint_path, "bert", o->label, settings, n, &state);
+}
+
+/* With o->resume, loads the checkpoint into model, adam and pr when it exists; *first_step
+ * receives the steps it contains (0 without one). Collective. */
+static tf_status checkpoint_restore(MPI_Comm comm, const bert_train_options *o, bert_model *model,
+                                    bert_adamw *adam, int64_t train_count, train_progress *pr,
+                                    int64_t *first_step)
+{
+    ckpt_setting settings[CKPT_MAX_SETTINGS];
+    const int n = checkpoint_settings(o, model, train_count, settings);
+    ckpt_state state = {.num_params = model->num_params,
+                        .params = model->params,
+                        .adam_m = adam->m,
+                        .adam_v = adam->v};
+    int found = 0;
+    *first_step = 0;
+    if (!o->checkpoint_path || !o->resume) return TF_OK;
+    tf_status st = ckpt_resume_training(comm, o->checkpoint_path, "bert", o->label, settings, n,
+                                        o->steps, &state, &found);
+    if (st != TF_OK || !found) return st;
+    adam->step = state.step;
+    pr->loss_sum = state.loss_sum;
+    pr->loss_steps = state.loss_steps;
+    pr->last_loss = state.last_loss;
+    *first_step = state.step;
+    return TF_OK;
+}
+
 /* Collective on comm. Trains model (replicated, kept identical) for o->steps AdamW steps
  * with train_step, on batches drawn from a fresh shuffle of the sequences each epoch; the
  * masks do not depend on the number of ranks. */
@@ -402,10 +489,15 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
     tf_status st = train_buffers_init(&buf, model, o, count);
     if (st == TF_OK && !perm) st = TF_ERR_NOMEM;
 
+    if (st == TF_OK)
+        st = checkpoint_restore(comm, o, model, buf.adam, train->count, &pr, &pr.first_step);
+    const int64_t every = o->checkpoint_path ? o->checkpoint_every : 0;
     tf_rng order_rng;
-    for (int64_t step = 0; st == TF_OK && step < o->steps; step++) {
+    for (int64_t step = pr.first_step; st == TF_OK && step < o->steps; step++) {
+        /* Each epoch's order depends on (seed, epoch) alone, so a resumed run draws it
+         * again. */
         const int64_t in_epoch = step % pr.per_epoch;
-        if (in_epoch == 0) {
+        if (in_epoch == 0 || step == pr.first_step) {
             tf_rng_seed(&order_rng, o->seed * 1000003u + (uint64_t)(step / pr.per_epoch));
             for (int64_t i = 0; i < train->count; i++) perm[i] = i;
             tf_rng_shuffle(&order_rng, perm, train->count);
@@ -418,6 +510,11 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
         if (st == TF_OK && ((step + 1) % o->log_every == 0 || step + 1 == o->steps))
             st = log_progress(comm, o, &pr, step,
                               tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr));
+        if (st == TF_OK && every > 0 && (step + 1) % every == 0)
+            st = checkpoint_save(comm, o, model, buf.adam, train->count, &pr);
+        if (st == TF_OK && o->stop_after > 0 && step + 1 == o->stop_after && step + 1 < o->steps)
+            st = tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
+                              o->label, (long long)step + 1);
     }
     if (seconds) *seconds = tf_seconds() - pr.t_start;
     train_buffers_release(&buf, o->n_teachers);
@@ -464,12 +561,18 @@ static tf_status read_vocab_attr(MPI_Comm comm, const char *path, char *out, siz
 
 /* Loads the vocabulary of a train task, training it first when the task names none, and
  * settles the model's vocabulary size. Collective. */
-static tf_status prepare_vocab(MPI_Comm comm, const job_train *t, bert_text *d, bert_config *cfg,
-                               char *vocab_path)
+static tf_status prepare_vocab(MPI_Comm comm, const job_train *t, int resume, bert_text *d,
+                               bert_config *cfg, char *vocab_path)
 {
     tf_status st = TF_OK;
+    char own[JOB_PATH_MAX];
+    snprintf(own, sizeof own, "%.*s.vocab", JOB_PATH_MAX - 8, t->output);
     if (t->vocab[0]) {
         snprintf(vocab_path, JOB_PATH_MAX, "%s", t->vocab);
+    } else if (resume && ckpt_exists(comm, own)) {
+        /* The vocabulary of the interrupted run, which its checkpoint was trained with. */
+        snprintf(vocab_path, JOB_PATH_MAX, "%s", own);
+        TF_INFO("train %s: reusing the vocabulary %s (resume)", t->name, vocab_path);
     } else {
         snprintf(vocab_path, JOB_PATH_MAX, "%.*s.vocab", JOB_PATH_MAX - 8, t->output);
         st = train_vocab(comm, d, cfg->vocab, vocab_path);
@@ -489,18 +592,19 @@ static tf_status prepare_vocab(MPI_Comm comm, const job_train *t, bert_text *d, 
     return bert_config_validate(cfg);
 }
 
-tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t)
+tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t, const job_file *job)
 {
     bert_text d = {0};
     bert_model *model = NULL;
     bert_config cfg = t->bert;
-    char vocab_path[JOB_PATH_MAX];
+    char vocab_path[JOB_PATH_MAX], checkpoint[JOB_PATH_MAX + 16];
+    snprintf(checkpoint, sizeof checkpoint, "%s.ckpt.h5", t->output);
     bert_eval_result eval = {0};
     double seconds = 0, unigram = 0;
 
     /* Step 1: corpus, vocabulary, sequences and a freshly initialized model. */
     tf_status st = load_corpus(&t->data.text, &d.corpus, &d.is_heldout);
-    if (st == TF_OK) st = prepare_vocab(comm, t, &d, &cfg, vocab_path);
+    if (st == TF_OK) st = prepare_vocab(comm, t, job->resume, &d, &cfg, vocab_path);
     if (st == TF_OK) st = build_sequences(&d, &t->data.text, cfg.seq_len);
     if (st == TF_OK) st = bert_model_create(&cfg, &model);
     if (st != TF_OK) goto done;
@@ -527,7 +631,11 @@ tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t)
                               .seed = t->seed,
                               .log_every = t->log_every,
                               .label = t->name,
-                              .mask_prob = t->data.text.mask_prob};
+                              .mask_prob = t->data.text.mask_prob,
+                              .checkpoint_path = checkpoint,
+                              .checkpoint_every = t->checkpoint_every,
+                              .resume = job->resume,
+                              .stop_after = job->stop_after};
     st = train_mlm(comm, model, d.train, &opt, &seconds);
 
     /* Step 3: held-out metrics, then the model file. */
@@ -542,6 +650,7 @@ tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t)
             unigram, seconds, seconds > 0 ? (double)steps * t->batch_size / seconds : 0.0);
     st = save_model(comm, model, t->output, vocab_path, t->overwrite);
     if (st == TF_OK) TF_INFO("train %s: wrote %s", t->name, t->output);
+    if (st == TF_OK) st = ckpt_remove(comm, checkpoint);
 done:
     bert_model_free(&model);
     bert_text_release(&d);
@@ -599,7 +708,7 @@ tf_status runner_check_bert_train(const job_file *job, const job_train *t, int i
     } else {
         char path[JOB_PATH_MAX + 8];
         snprintf(path, sizeof path, "%s.vocab", t->output);
-        if (!t->overwrite && runner_file_exists(path))
+        if (!t->overwrite && !job->resume && runner_file_exists(path))
             return tf_error_set(TF_ERR_EXISTS,
                                 "tasks[%d]: the vocabulary output %s exists; set \"overwrite\": "
                                 "true, remove the file, or pass it as \"vocab\" to reuse it",
@@ -961,8 +1070,10 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     return st;
 }
 
-static tf_status finetune(MPI_Comm comm, const job_fuse *f, const text_seqs *train,
-                          bert_model *model, bert_model *const *parents, const char *label)
+/* Finetunes model; checkpoint (NULL: none) is the checkpoint file of this finetune. */
+static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                          const text_seqs *train, bert_model *model, bert_model *const *parents,
+                          const char *label, const char *checkpoint)
 {
     const job_finetune *ft = &f->finetune;
     bert_train_options opt = {.steps = ft->steps,
@@ -981,7 +1092,11 @@ static tf_status finetune(MPI_Comm comm, const job_fuse *f, const text_seqs *tra
                               .distill = ft->distill,
                               .teachers = parents,
                               .teacher_weights = f->weights,
-                              .n_teachers = f->n_parents};
+                              .n_teachers = f->n_parents,
+                              .checkpoint_path = checkpoint,
+                              .checkpoint_every = ft->checkpoint_every,
+                              .resume = job->resume,
+                              .stop_after = job->stop_after};
     return train_mlm(comm, model, train, &opt, NULL);
 }
 
@@ -1086,38 +1201,87 @@ static tf_status write_report(const job_fuse *f, const bert_eval_result *parent_
     return st;
 }
 
-/* Builds, evaluates, saves and finetunes the fusion of one method. Collective. */
-static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *method,
-                            bert_model **parents, const bert_text *d, const int *calib_ids,
-                            const int *calib_lengths, const char *vocab_path, bert_method_result *r)
+/* Builds the fusion of one method, or with resume loads it from its file, then evaluates
+ * and saves it. On success fu->fused is the one-shot model. Collective. */
+static tf_status one_shot(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                          const job_method *method, bert_model **parents, const bert_text *d,
+                          const int *calib_ids, const int *calib_lengths, const char *vocab_path,
+                          bert_fusion *fu, bert_method_result *r)
 {
-    bert_fusion fu = {0};
+    char path[JOB_PATH_MAX + 80];
+    snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
+    const int reuse = job->resume && f->output_dir[0] && ckpt_exists(comm, path);
     double t0 = tf_seconds();
-    snprintf(r->name, sizeof r->name, "%s", method->name);
-    tf_status st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, &fu);
+    tf_status st;
+    if (reuse) {
+        TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, path);
+        st = bert_model_load(comm, path, &fu->fused);
+    } else {
+        st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, fu);
+    }
     r->seconds = tf_seconds() - t0;
-    if (st == TF_OK) st = evaluate(comm, fu.fused, d, &r->one_shot);
+    if (st == TF_OK) st = evaluate(comm, fu->fused, d, &r->one_shot);
     if (st == TF_OK)
         TF_INFO("fuse %s: %s one-shot: held-out MLM loss %.4f, accuracy %.2f %% (built in "
                 "%.2f s)",
                 f->name, method->name, r->one_shot.loss, 100 * r->one_shot.accuracy, r->seconds);
-    if (st == TF_OK && f->output_dir[0])
-        st = write_method_file(comm, f, method, parents, &fu, vocab_path);
-    if (st == TF_OK && f->finetune.steps > 0) {
-        st = finetune(comm, f, d->train, fu.fused, parents, method->name);
-        if (st == TF_OK) st = evaluate(comm, fu.fused, d, &r->finetuned);
-        r->has_finetuned = st == TF_OK;
-        if (st == TF_OK)
-            TF_INFO("fuse %s: %s after finetune: held-out MLM loss %.4f, accuracy %.2f %%", f->name,
-                    method->name, r->finetuned.loss, 100 * r->finetuned.accuracy);
+    if (st == TF_OK && f->output_dir[0] && !reuse)
+        st = write_method_file(comm, f, method, parents, fu, vocab_path);
+    return st;
+}
+
+/* Finetunes the one-shot model in fu->fused, or with resume loads the finetuned file, then
+ * evaluates it and saves it as <output_dir>/<method>-finetuned.h5. Collective. */
+static tf_status finetune_method(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                                 const job_method *method, bert_model **parents, const bert_text *d,
+                                 const char *vocab_path, bert_fusion *fu, bert_method_result *r)
+{
+    char tuned[JOB_PATH_MAX + 96], checkpoint[JOB_PATH_MAX + 112];
+    snprintf(tuned, sizeof tuned, "%s/%s-finetuned.h5", f->output_dir, method->name);
+    snprintf(checkpoint, sizeof checkpoint, "%s.ckpt.h5", tuned);
+    const int have_dir = f->output_dir[0] != '\0';
+    tf_status st;
+    if (job->resume && have_dir && ckpt_exists(comm, tuned)) {
+        bert_model_free(&fu->fused);
+        TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, tuned);
+        st = bert_model_load(comm, tuned, &fu->fused);
+    } else {
+        st = finetune(comm, f, job, d->train, fu->fused, parents, method->name,
+                      have_dir ? checkpoint : NULL);
+        if (st == TF_OK && have_dir)
+            st = save_model(comm, fu->fused, tuned, vocab_path, f->overwrite || job->resume);
+        if (st == TF_OK && have_dir) {
+            TF_INFO("fuse %s: wrote %s", f->name, tuned);
+            st = ckpt_remove(comm, checkpoint);
+        }
     }
+    if (st == TF_OK) st = evaluate(comm, fu->fused, d, &r->finetuned);
+    r->has_finetuned = st == TF_OK;
+    if (st == TF_OK)
+        TF_INFO("fuse %s: %s after finetune: held-out MLM loss %.4f, accuracy %.2f %%", f->name,
+                method->name, r->finetuned.loss, 100 * r->finetuned.accuracy);
+    return st;
+}
+
+/* Builds, evaluates, saves and finetunes the fusion of one method. Collective. */
+static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                            const job_method *method, bert_model **parents, const bert_text *d,
+                            const int *calib_ids, const int *calib_lengths, const char *vocab_path,
+                            bert_method_result *r)
+{
+    bert_fusion fu = {0};
+    snprintf(r->name, sizeof r->name, "%s", method->name);
+    tf_status st =
+        one_shot(comm, f, job, method, parents, d, calib_ids, calib_lengths, vocab_path, &fu, r);
+    if (st == TF_OK && f->finetune.steps > 0)
+        st = finetune_method(comm, f, job, method, parents, d, vocab_path, &fu, r);
     bert_fusion_release(&fu, f->n_parents);
     if (st != TF_OK)
         st = tf_error_set(st, "fuse %s, method %s: %s", f->name, method->name, tf_error_get());
     return st;
 }
 
-tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f)
+tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f, const job_file *job)
 {
     int rank;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
@@ -1156,8 +1320,8 @@ tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f)
 
     /* Step 3: each method, one shot and after the optional finetune. */
     for (int m = 0; st == TF_OK && m < f->n_methods; m++)
-        st = run_method(comm, f, &f->methods[m], parents, &d, calib_ids, calib_lengths, vocab_path,
-                        &results[m]);
+        st = run_method(comm, f, job, &f->methods[m], parents, &d, calib_ids, calib_lengths,
+                        vocab_path, &results[m]);
 
     /* Step 4: the table and the report. */
     if (st == TF_OK && rank == 0) print_table(f, parent_eval, results);

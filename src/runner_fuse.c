@@ -1,6 +1,7 @@
 /* The fuse task: load parents, evaluate them, build each requested fusion (vanilla average
  * or OT), optionally finetune it, evaluate, write the fused models, maps and a report. */
 #include "runner_internal.h"
+#include "tfuse/checkpoint.h"
 #include "tfuse/fuse.h"
 #include "tfuse/h5file.h"
 #include "tfuse/train.h"
@@ -159,17 +160,32 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     return st;
 }
 
-static tf_status finetune(MPI_Comm comm, const job_fuse *f, const tf_image_set *train,
-                          vit_model *model, vit_model *const *parents, const char *label)
+/* Finetunes model; checkpoint (NULL: none) is the checkpoint file of this finetune. */
+static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                          const tf_image_set *train, vit_model *model, vit_model *const *parents,
+                          const char *label, const char *checkpoint)
 {
     const job_finetune *ft = &f->finetune;
-    train_options opt = {.steps = ft->steps, .batch_size = ft->batch_size, .lr = ft->lr,
-                         .min_lr = ft->min_lr, .weight_decay = ft->weight_decay,
-                         .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
-                         .warmup_steps = ft->warmup_steps, .seed = ft->seed,
-                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1, .label = label,
-                         .distill = ft->distill, .teachers = parents,
-                         .teacher_weights = f->weights, .n_teachers = f->n_parents};
+    train_options opt = {.steps = ft->steps,
+                         .batch_size = ft->batch_size,
+                         .lr = ft->lr,
+                         .min_lr = ft->min_lr,
+                         .weight_decay = ft->weight_decay,
+                         .beta1 = 0.9,
+                         .beta2 = 0.999,
+                         .eps = 1e-8,
+                         .warmup_steps = ft->warmup_steps,
+                         .seed = ft->seed,
+                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1,
+                         .label = label,
+                         .distill = ft->distill,
+                         .teachers = parents,
+                         .teacher_weights = f->weights,
+                         .n_teachers = f->n_parents,
+                         .checkpoint_path = checkpoint,
+                         .checkpoint_every = ft->checkpoint_every,
+                         .resume = job->resume,
+                         .stop_after = job->stop_after};
     return train_run(comm, model, train, &opt, NULL);
 }
 
@@ -203,14 +219,15 @@ static void print_table(const job_fuse *f, const double *parent_acc,
 
 /* One method: build the fused model (or, with resume, load it from its file), evaluate
  * and write it; then finetune it (or load the finetuned file), evaluate and write that. */
-static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *method,
-                            vit_model **parents, const float *calib, const tf_image_set *train,
-                            const tf_image_set *test, int resume, method_result *r)
+static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *job,
+                            const job_method *method, vit_model **parents, const float *calib,
+                            const tf_image_set *train, const tf_image_set *test, method_result *r)
 {
-    char path[JOB_PATH_MAX + 80], tuned_path[JOB_PATH_MAX + 96];
+    char path[JOB_PATH_MAX + 80], tuned_path[JOB_PATH_MAX + 96], checkpoint[JOB_PATH_MAX + 112];
     snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
     snprintf(tuned_path, sizeof tuned_path, "%s/%s-finetuned.h5", f->output_dir, method->name);
-    const int have_dir = f->output_dir[0] != '\0';
+    snprintf(checkpoint, sizeof checkpoint, "%s.ckpt.h5", tuned_path);
+    const int have_dir = f->output_dir[0] != '\0', resume = job->resume;
     vit_model *fused = NULL, **aligned = NULL;
     fuse_maps **maps = NULL;
     tf_status st = TF_OK;
@@ -245,9 +262,11 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *
             TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, tuned_path);
             st = vit_model_load(comm, tuned_path, &fused);
         } else {
-            st = finetune(comm, f, train, fused, parents, method->name);
+            st = finetune(comm, f, job, train, fused, parents, method->name,
+                          have_dir ? checkpoint : NULL);
             if (st == TF_OK && have_dir)
                 st = vit_model_save(fused, comm, tuned_path, f->overwrite || resume);
+            if (st == TF_OK && have_dir) st = ckpt_remove(comm, checkpoint);
         }
         if (st == TF_OK)
             st = eval_accuracy(comm, fused, test, 0, &r->finetuned, &r->finetuned_loss);
@@ -263,9 +282,9 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_method *
     return st;
 }
 
-tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume)
+tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
 {
-    if (runner_fuse_is_bert(comm, f)) return runner_run_fuse_bert(comm, f);
+    if (runner_fuse_is_bert(comm, f)) return runner_run_fuse_bert(comm, f, job);
     int rank;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     const int n = f->n_parents;
@@ -297,8 +316,7 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume)
 
     /* Step 3: each method, one shot and after the optional finetune. */
     for (int m = 0; st == TF_OK && m < f->n_methods; m++) {
-        st = run_method(comm, f, &f->methods[m], parents, calib, train, test, resume,
-                        &results[m]);
+        st = run_method(comm, f, job, &f->methods[m], parents, calib, train, test, &results[m]);
         if (st != TF_OK)
             st = tf_error_set(st, "fuse %s, method %s: %s", f->name, f->methods[m].name,
                               tf_error_get());

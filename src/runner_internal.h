@@ -11,13 +11,14 @@ tf_status runner_make_parent_dirs(const char *path);
 /* TF_ERR_EXISTS if path exists and overwrite is 0; else creates its directory. */
 tf_status runner_check_output(const char *path, int overwrite, const char *key);
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test);
-/* Runs a fuse task; with resume, methods whose output files exist are loaded from them
- * instead of being rebuilt and finetuned again. */
 /* Writes a fuse task's JSON report text to f->report through a temporary file and a
  * rename. Called on rank 0 only. */
 tf_status runner_write_report(const job_fuse *f, const char *text);
 
-tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, int resume);
+/* Runs a fuse task of job; with job->resume, methods whose output files exist are loaded
+ * from them instead of being rebuilt and finetuned again, and a finetune continues from its
+ * checkpoint. Collective on comm. */
+tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job);
 
 /* ---- BERT tasks (src/runner_bert.c) ---- */
 
@@ -35,8 +36,9 @@ tf_status runner_check_bert_fuse(const job_file *job, const job_fuse *f, int ind
                                  int warn);
 /* Returns 1 when the first parent of f is a BERT model file. Collective on comm. */
 int runner_fuse_is_bert(MPI_Comm comm, const job_fuse *f);
-/* Runs a BERT train or fuse task. Collective on comm. */
-tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t);
-tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f);
+/* Runs a BERT train or fuse task of job, resuming as runner_run_fuse describes. Collective
+ * on comm. */
+tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t, const job_file *job);
+tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f, const job_file *job);
 
 #endif

@@ -2,6 +2,7 @@
  * share of each global batch, and one MPI_Allreduce over the single gradient buffer makes
  * all ranks take the same AdamW step. */
 #include "tfuse/train.h"
+#include "tfuse/checkpoint.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -51,6 +52,79 @@ static tf_status distill_targets(const train_options *opt, vit_acts **teacher_ac
     return TF_OK;
 }
 
+/* Settings a checkpoint of train_run must match; returns their count. */
+static int checkpoint_settings(const train_options *opt, const vit_model *model,
+                               int64_t train_count, ckpt_setting *s)
+{
+    const vit_config *c = &model->cfg;
+    const ckpt_setting list[] = {
+        {"steps", 0, opt->steps, 0},
+        {"batch_size", 0, opt->batch_size, 0},
+        {"seed", 0, (int64_t)opt->seed, 0},
+        {"warmup_steps", 0, opt->warmup_steps, 0},
+        {"training_images", 0, train_count, 0},
+        {"teachers", 0, opt->distill > 0 ? opt->n_teachers : 0, 0},
+        {"lr", 1, 0, opt->lr},
+        {"min_lr", 1, 0, opt->min_lr},
+        {"weight_decay", 1, 0, opt->weight_decay},
+        {"beta1", 1, 0, opt->beta1},
+        {"beta2", 1, 0, opt->beta2},
+        {"eps", 1, 0, opt->eps},
+        {"distill", 1, 0, opt->distill},
+        {"image_size", 0, c->image_size, 0},
+        {"channels", 0, c->channels, 0},
+        {"patch", 0, c->patch, 0},
+        {"d", 0, c->d, 0},
+        {"layers", 0, c->layers, 0},
+        {"heads", 0, c->heads, 0},
+        {"mlp", 0, c->mlp, 0},
+        {"classes", 0, c->classes, 0},
+        {"ln_eps", 1, 0, c->ln_eps},
+        {"num_params", 0, model->num_params, 0},
+    };
+    const int n = (int)(sizeof list / sizeof list[0]);
+    memcpy(s, list, sizeof list);
+    return n;
+}
+
+/* Writes state (loss_sum: this rank's share) to opt->checkpoint_path. Collective. */
+static tf_status checkpoint_save(MPI_Comm comm, const train_options *opt, const vit_model *model,
+                                 int64_t train_count, const ckpt_state *state)
+{
+    ckpt_setting settings[CKPT_MAX_SETTINGS];
+    const int n = checkpoint_settings(opt, model, train_count, settings);
+    return ckpt_save_training(comm, opt->checkpoint_path, "vit", opt->label, settings, n, state);
+}
+
+/* Loads opt->checkpoint_path into model and adam when opt->resume and the file exists.
+ * Collective. */
+static tf_status checkpoint_restore(MPI_Comm comm, const train_options *opt, vit_model *model,
+                                    vit_adamw *adam, int64_t train_count, ckpt_state *state)
+{
+    ckpt_setting settings[CKPT_MAX_SETTINGS];
+    const int n = checkpoint_settings(opt, model, train_count, settings);
+    int found = 0;
+    *state = (ckpt_state){.num_params = model->num_params,
+                          .params = model->params,
+                          .adam_m = adam->m,
+                          .adam_v = adam->v};
+    if (!opt->checkpoint_path || !opt->resume) return TF_OK;
+    tf_status st = ckpt_resume_training(comm, opt->checkpoint_path, "vit", opt->label, settings, n,
+                                        opt->steps, state, &found);
+    if (st == TF_OK && found) adam->step = state->step;
+    return st;
+}
+
+/* Fills perm with the shuffle of epoch `epoch`, seeded by (seed, epoch) alone, so that
+ * every rank and a resumed run draw the same order. */
+static void shuffle_epoch(int64_t *perm, int64_t count, uint64_t seed, int64_t epoch)
+{
+    tf_rng rng;
+    tf_rng_seed(&rng, seed * 1000003u + (uint64_t)epoch);
+    for (int64_t i = 0; i < count; i++) perm[i] = i;
+    tf_rng_shuffle(&rng, perm, count);
+}
+
 tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
                     const train_options *opt, train_result *result)
 {
@@ -95,18 +169,17 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
         if (st == TF_OK && !targets) st = TF_ERR_NOMEM;
     }
 
-    tf_rng rng;
-    double t_start = tf_seconds(), t_log = t_start, loss_sum = 0;
-    int64_t loss_steps = 0;
-    for (int64_t step = 0; st == TF_OK && step < opt->steps; step++) {
-        /* A new epoch reshuffles with a generator seeded by (seed, epoch), the same on
-         * every rank. */
+    ckpt_state saved = {0};
+    if (st == TF_OK) st = checkpoint_restore(comm, opt, model, adam, train->count, &saved);
+    double t_start = tf_seconds(), t_log = t_start, loss_sum = saved.loss_sum;
+    double last_loss = saved.last_loss;
+    int64_t loss_steps = saved.loss_steps, first_step = saved.step;
+    if (result) result->final_loss = last_loss;
+    const int64_t every = opt->checkpoint_path ? opt->checkpoint_every : 0;
+    for (int64_t step = first_step; st == TF_OK && step < opt->steps; step++) {
         int64_t in_epoch = step % per_epoch;
-        if (in_epoch == 0) {
-            tf_rng_seed(&rng, opt->seed * 1000003u + (uint64_t)(step / per_epoch));
-            for (int64_t i = 0; i < train->count; i++) perm[i] = i;
-            tf_rng_shuffle(&rng, perm, train->count);
-        }
+        if (in_epoch == 0 || step == first_step)
+            shuffle_epoch(perm, train->count, opt->seed, step / per_epoch);
         float loss = 0;
         if (local_count > 0) {
             tf_images_to_float(train, perm + in_epoch * global_batch + local_first, local_count,
@@ -142,21 +215,39 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
                 break;
             }
             double now = tf_seconds();
-            double rate = (double)(step + 1) / (now - t_start);
+            double rate = (double)(step + 1 - first_step) / (now - t_start);
             TF_INFO("%s: step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f img/s  "
                     "%.0f s left", opt->label, (long long)step + 1, (long long)opt->steps,
                     (double)(step + 1) / (double)per_epoch, mean_loss, lr,
                     (double)opt->log_every * global_batch / (now - t_log),
                     (double)(opt->steps - step - 1) / rate);
             t_log = now;
+            last_loss = mean_loss;
             if (result) result->final_loss = mean_loss;
             loss_sum = 0;
             loss_steps = 0;
         }
+        if (st == TF_OK && every > 0 && (step + 1) % every == 0) {
+            const ckpt_state state = {.num_params = model->num_params,
+                                      .params = model->params,
+                                      .adam_m = adam->m,
+                                      .adam_v = adam->v,
+                                      .step = step + 1,
+                                      .loss_sum = loss_sum,
+                                      .loss_steps = loss_steps,
+                                      .last_loss = last_loss};
+            st = checkpoint_save(comm, opt, model, train->count, &state);
+        }
+        if (st == TF_OK && opt->stop_after > 0 && step + 1 == opt->stop_after &&
+            step + 1 < opt->steps)
+            st = tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
+                              opt->label, (long long)step + 1);
     }
     if (result && st == TF_OK) {
         result->seconds = tf_seconds() - t_start;
-        result->images_per_second = (double)opt->steps * global_batch / result->seconds;
+        result->first_step = first_step;
+        result->images_per_second =
+            (double)(opt->steps - first_step) * global_batch / result->seconds;
     }
     vit_acts_free(&acts);
     for (int t = 0; teacher_acts && t < opt->n_teachers; t++) vit_acts_free(&teacher_acts[t]);

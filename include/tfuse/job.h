@@ -57,6 +57,7 @@ typedef struct {
     int batch_size;
     uint64_t seed;
     int log_every;
+    int64_t checkpoint_every; /* steps between checkpoints in <output>.ckpt.h5, 0 = none */
     char output[JOB_PATH_MAX];
     int overwrite;
 } job_train;
@@ -76,6 +77,8 @@ typedef struct {
     int batch_size;
     uint64_t seed;
     double distill; /* weight of the parents' averaged predictions in the targets, [0, 1] */
+    int64_t checkpoint_every; /* steps between checkpoints in
+                                 <output_dir>/<method>-finetuned.h5.ckpt.h5, 0 = none */
 } job_finetune;
 
 typedef struct {
@@ -108,7 +111,9 @@ typedef struct {
 
 typedef struct {
     char path[JOB_PATH_MAX];
-    int resume;      /* reuse outputs that exist instead of recomputing them */
+    int resume;         /* reuse outputs that exist and continue from checkpoints */
+    int64_t stop_after; /* test hook, not read from JSON: > 0 stops every training loop
+                           with an error after that many steps, as if the job were killed */
     int n_tasks;
     job_task *tasks; /* owned */
 } job_file;

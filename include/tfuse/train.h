@@ -25,12 +25,24 @@ typedef struct {
     vit_model *const *teachers;
     const double *teacher_weights;
     int n_teachers;
+    /* Checkpoints: with checkpoint_every > 0 and a checkpoint_path, the state (parameters,
+     * AdamW moments, step) is written to checkpoint_path after every checkpoint_every
+     * steps. With resume, a checkpoint found there whose settings equal this run's is
+     * continued; one with other settings is rejected. The caller deletes the checkpoint
+     * once its output is complete (ckpt_remove). */
+    const char *checkpoint_path;
+    int64_t checkpoint_every;
+    int resume;
+    /* Test hook that simulates a stopped job: with stop_after in (0, steps) training
+     * returns TF_ERR_ARG after that many steps, keeping only the checkpoints written. */
+    int64_t stop_after;
 } train_options;
 
 typedef struct {
     double final_loss;  /* mean training loss over the last log interval */
     double seconds;
     double images_per_second;
+    int64_t first_step; /* steps restored from a checkpoint, 0 without one */
 } train_result;
 
 /* Converts images[indices[i]] to floats in (count, rows * cols), normalized with the
@@ -41,7 +53,9 @@ void tf_images_to_float(const tf_image_set *set, const int64_t *indices, int cou
 /* Collective on comm. Trains `model` (replicated on every rank, kept identical) for
  * opt->steps AdamW steps on global batches drawn from a fresh shuffle each epoch; each rank
  * runs forward and backward on its share of the batch and one MPI_Allreduce sums the
- * gradients. Labels must be < model classes (checked). */
+ * gradients. Labels must be < model classes (checked). A run resumed from a checkpoint
+ * ends with the parameters of an uninterrupted run, bitwise when the rank count is the
+ * same. */
 tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
                     const train_options *opt, train_result *result);
 
