@@ -5,6 +5,9 @@
  *     parameters. The resume starts mid-epoch, in an earlier epoch than the stop;
  *   - checkpoints of another seed, batch, model width or architecture, and a file that is
  *     not a checkpoint, are rejected with the file and the setting in the message;
+ *   - the job fields are read and checked;
+ *   - a ViT train job and a ViT finetune, each stopped and resumed, write the models of
+ *     the uninterrupted jobs and delete their checkpoints;
  *   - a BERT train job stopped and resumed writes the uninterrupted job's model and
  *     deletes its checkpoint; a resume with another seed or width is rejected;
  *   - a BERT fuse job stopped during a finetune and resumed writes the uninterrupted job's
@@ -40,17 +43,18 @@ static const vit_config vit_tiny = {.image_size = 8,
                                     .classes = 3,
                                     .ln_eps = 1e-5};
 
-/* 40 random 8 x 8 images, labeled with the brightest of their first three 16-pixel bands. */
-static tf_image_set *synthetic_images(void)
+/* `count` random 8 x 8 images, labeled with the brightest of their first three 16-pixel
+ * bands. */
+static tf_image_set *synthetic_images(int count, uint64_t seed)
 {
     tf_image_set *set = calloc(1, sizeof *set);
-    set->count = 40;
+    set->count = count;
     set->rows = set->cols = 8;
-    set->pixels = malloc(40 * 64);
-    set->labels = malloc(40);
+    set->pixels = malloc((size_t)count * 64);
+    set->labels = malloc((size_t)count);
     tf_rng rng;
-    tf_rng_seed(&rng, 11);
-    for (int i = 0; i < 40; i++) {
+    tf_rng_seed(&rng, seed);
+    for (int i = 0; i < count; i++) {
         int sums[3] = {0, 0, 0};
         for (int k = 0; k < 64; k++) {
             set->pixels[i * 64 + k] = (uint8_t)tf_rng_below(&rng, 256);
@@ -131,7 +135,7 @@ static void test_vit(void)
     char ckpt[128], model_path[128];
     snprintf(ckpt, sizeof ckpt, "%s/vit.ckpt.h5", dir);
     snprintf(model_path, sizeof model_path, "%s/vit_model.h5", dir);
-    tf_image_set *set = synthetic_images();
+    tf_image_set *set = synthetic_images(40, 11);
     tf_status st;
     train_result result = {0};
 
@@ -156,6 +160,22 @@ static void test_vit(void)
     TU_CHECK(result.first_step == 4, "resumed after step %lld, expected 4",
              (long long)result.first_step);
     if (m && straight) check_bitwise(m->params, straight->params, m->num_params, "ViT resume");
+    vit_model_free(&m);
+
+    /* The checkpoint after the last step, as a job that died while saving leaves it: the
+     * resumed run takes no step. */
+    m = vit_train(&vit_tiny, 77, set, &opt, &st, &result);
+    TU_CHECK(st == TF_OK, "resume from the last step: %s", tf_error_get());
+    TU_CHECK(result.first_step == 12, "resumed after step %lld, expected 12",
+             (long long)result.first_step);
+    if (m && straight) check_bitwise(m->params, straight->params, m->num_params, "last step");
+    vit_model_free(&m);
+
+    /* Without resume the checkpoint is ignored, and training starts from step 0. */
+    opt.resume = 0;
+    m = vit_train(&vit_tiny, 3, set, &opt, &st, &result);
+    TU_CHECK(st == TF_OK && result.first_step == 0, "run without resume starts at step %lld",
+             (long long)result.first_step);
     vit_model_free(&m);
 
     /* Checkpoints of other settings. */
@@ -193,6 +213,184 @@ static void test_vit(void)
     TU_CHECK(ckpt_remove(MPI_COMM_WORLD, ckpt) == TF_OK, "removing a missing checkpoint");
     vit_model_free(&straight);
     idx_image_set_free(&set);
+}
+
+/* ---- Job fields ---------------------------------------------------------------------- */
+
+static void expect_job_error(const char *text, const char *word1, const char *word2)
+{
+    job_file *job = NULL;
+    tf_status st = job_file_parse(text, "bad.json", &job);
+    expect_error(st, TF_ERR_ARG, text, word1, word2);
+    TU_CHECK(job == NULL, "no job from invalid text");
+    job_file_free(&job);
+}
+
+static void test_job_fields(void)
+{
+    const char *train = "{\"tasks\": [{\"task\": \"train\", \"model\": {}, "
+                        "\"output\": \"x.h5\", ";
+    const char *fuse = "{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a\", \"b\"], "
+                       "\"methods\": [{\"name\": \"v\"}], ";
+    char text[512];
+    job_file *job = NULL;
+    snprintf(text, sizeof text, "%s\"checkpoint_every\": 50}]}", train);
+    TU_CHECK(job_file_parse(text, "ok.json", &job) == TF_OK, "valid train: %s", tf_error_get());
+    TU_CHECK(job && job->tasks[0].train.checkpoint_every == 50, "train checkpoint_every read");
+    TU_CHECK(job && job->stop_after == 0, "stop_after is off in parsed jobs");
+    job_file_free(&job);
+    snprintf(text, sizeof text,
+             "%s\"finetune\": {\"steps\": 9, \"checkpoint_every\": 3}, \"output_dir\": "
+             "\"o\"}]}",
+             fuse);
+    TU_CHECK(job_file_parse(text, "ok.json", &job) == TF_OK, "valid fuse: %s", tf_error_get());
+    TU_CHECK(job && job->tasks[0].fuse.finetune.checkpoint_every == 3,
+             "finetune checkpoint_every read");
+    job_file_free(&job);
+
+    snprintf(text, sizeof text, "%s\"checkpoint_evry\": 50}]}", train);
+    expect_job_error(text, "tasks[0].checkpoint_evry", "did you mean \"checkpoint_every\"");
+    snprintf(text, sizeof text, "%s\"checkpoint_every\": -1}]}", train);
+    expect_job_error(text, "tasks[0].checkpoint_every = -1", "out of range");
+    snprintf(text, sizeof text, "%s\"checkpoint_every\": 2.5}]}", train);
+    expect_job_error(text, "tasks[0].checkpoint_every", "integer");
+    snprintf(text, sizeof text, "%s\"finetune\": {\"steps\": 9, \"checkpoint_every\": 3}}]}", fuse);
+    expect_job_error(text, "tasks[0].finetune.checkpoint_every", "output_dir");
+}
+
+/* ---- ViT, job level ------------------------------------------------------------------ */
+
+/* Writes set as plain idx files <stem>-images.idx and <stem>-labels.idx (rank 0). */
+static void write_idx(const tf_image_set *set, const char *stem)
+{
+    char path[160];
+    const uint32_t count = (uint32_t)set->count;
+    const uint8_t image_header[16] = {0,
+                                      0,
+                                      8,
+                                      3,
+                                      (uint8_t)(count >> 24),
+                                      (uint8_t)(count >> 16),
+                                      (uint8_t)(count >> 8),
+                                      (uint8_t)count,
+                                      0,
+                                      0,
+                                      0,
+                                      8,
+                                      0,
+                                      0,
+                                      0,
+                                      8};
+    const uint8_t label_header[8] = {
+        0, 0, 8, 1, image_header[4], image_header[5], image_header[6], image_header[7]};
+    snprintf(path, sizeof path, "%s/%s-images.idx", dir, stem);
+    FILE *f = fopen(path, "wb");
+    if (!f) TF_DIE("cannot write %s", path);
+    fwrite(image_header, 1, sizeof image_header, f);
+    fwrite(set->pixels, 1, (size_t)set->count * 64, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/%s-labels.idx", dir, stem);
+    if (!(f = fopen(path, "wb"))) TF_DIE("cannot write %s", path);
+    fwrite(label_header, 1, sizeof label_header, f);
+    fwrite(set->labels, 1, (size_t)set->count, f);
+    fclose(f);
+}
+
+/* The model and data keys of the ViT jobs. */
+static void vit_keys(char *out, size_t size)
+{
+    snprintf(out, size,
+             "\"model\": {\"image_size\": 8, \"patch\": 4, \"d\": 8, \"layers\": 1, "
+             "\"heads\": 2, \"mlp\": 16, \"classes\": 3}, "
+             "\"data\": {\"train_images\": \"%s/train-images.idx\", "
+             "\"train_labels\": \"%s/train-labels.idx\", "
+             "\"test_images\": \"%s/test-images.idx\", "
+             "\"test_labels\": \"%s/test-labels.idx\"}",
+             dir, dir, dir, dir);
+}
+
+static void vit_train_job(char *text, size_t size, const char *name, int resume, int seed,
+                          int64_t checkpoint_every)
+{
+    char keys[1024];
+    vit_keys(keys, sizeof keys);
+    snprintf(text, size,
+             "{\"resume\": %s, \"tasks\": [{\"task\": \"train\", \"name\": \"%s\", %s, "
+             "\"optimizer\": {\"lr\": 1e-2, \"warmup_steps\": 2}, \"steps\": 12, "
+             "\"batch_size\": 8, \"seed\": %d, \"log_every\": 4, \"checkpoint_every\": %lld, "
+             "\"output\": \"%s/%s.h5\"}]}",
+             resume ? "true" : "false", name, keys, seed, (long long)checkpoint_every, dir, name);
+}
+
+static void vit_fuse_job(char *text, size_t size, const char *out, int resume,
+                         int64_t checkpoint_every)
+{
+    char keys[1024];
+    vit_keys(keys, sizeof keys);
+    char *data = strstr(keys, "\"data\"");
+    snprintf(text, size,
+             "{\"resume\": %s, \"tasks\": [{\"task\": \"fuse\", \"name\": \"vf\", "
+             "\"parents\": [\"%s/vstraight.h5\", \"%s/vother.h5\"], \"calibration_samples\": 8, "
+             "%s, \"methods\": [{\"name\": \"vanilla\", \"method\": \"vanilla\"}], "
+             "\"finetune\": {\"steps\": 6, \"batch_size\": 8, \"warmup_steps\": 1, "
+             "\"distill\": 0.5, \"checkpoint_every\": %lld}, \"output_dir\": \"%s/%s\"}]}",
+             resume ? "true" : "false", dir, dir, data, (long long)checkpoint_every, dir, out);
+}
+
+static vit_model *load_vit(const char *name)
+{
+    char path[160];
+    vit_model *m = NULL;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    TU_CHECK(vit_model_load(MPI_COMM_WORLD, path, &m) == TF_OK, "load %s: %s", path,
+             tf_error_get());
+    return m;
+}
+
+static void compare_vit(const char *got_name, const char *want_name)
+{
+    vit_model *got = load_vit(got_name), *want = load_vit(want_name);
+    if (got && want && got->num_params == want->num_params)
+        check_bitwise(got->params, want->params, got->num_params, got_name);
+    vit_model_free(&got);
+    vit_model_free(&want);
+}
+
+static tf_status run_job(const char *text, int64_t stop_after);
+
+static void test_vit_jobs(void)
+{
+    char text[4096], ckpt[128];
+    snprintf(ckpt, sizeof ckpt, "%s/vresumed.h5.ckpt.h5", dir);
+
+    /* Parents: uninterrupted, then stopped after step 6 and resumed from step 4. */
+    vit_train_job(text, sizeof text, "vstraight", 0, 1, 0);
+    TU_CHECK(run_job(text, 0) == TF_OK, "uninterrupted ViT job: %s", tf_error_get());
+    vit_train_job(text, sizeof text, "vresumed", 0, 1, 4);
+    expect_error(run_job(text, 6), TF_ERR_ARG, "stopped ViT job", "stopped after step 6", NULL);
+    TU_CHECK(file_exists(ckpt), "ViT job checkpoint %s written", ckpt);
+    vit_train_job(text, sizeof text, "vresumed", 1, 2, 4);
+    expect_error(run_job(text, 0), TF_ERR_ARG, "ViT job resume with another seed", ckpt,
+                 "seed = 1");
+    vit_train_job(text, sizeof text, "vresumed", 1, 1, 4);
+    TU_CHECK(run_job(text, 0) == TF_OK, "resumed ViT job: %s", tf_error_get());
+    TU_CHECK(!file_exists(ckpt), "ViT job checkpoint deleted");
+    compare_vit("vresumed.h5", "vstraight.h5");
+
+    /* A finetune stopped after step 3 and resumed from its checkpoint at step 2. */
+    vit_train_job(text, sizeof text, "vother", 0, 2, 0);
+    TU_CHECK(run_job(text, 0) == TF_OK, "second ViT parent: %s", tf_error_get());
+    vit_fuse_job(text, sizeof text, "va", 0, 0);
+    TU_CHECK(run_job(text, 0) == TF_OK, "uninterrupted ViT fuse job: %s", tf_error_get());
+    vit_fuse_job(text, sizeof text, "vb", 0, 2);
+    expect_error(run_job(text, 3), TF_ERR_ARG, "stopped ViT finetune", "stopped after step 3",
+                 NULL);
+    snprintf(ckpt, sizeof ckpt, "%s/vb/vanilla-finetuned.h5.ckpt.h5", dir);
+    TU_CHECK(file_exists(ckpt), "finetune checkpoint %s written", ckpt);
+    vit_fuse_job(text, sizeof text, "vb", 1, 2);
+    TU_CHECK(run_job(text, 0) == TF_OK, "resumed ViT fuse job: %s", tf_error_get());
+    TU_CHECK(!file_exists(ckpt), "finetune checkpoint deleted");
+    compare_vit("vb/vanilla-finetuned.h5", "va/vanilla-finetuned.h5");
 }
 
 /* ---- BERT, job level ----------------------------------------------------------------- */
@@ -414,9 +612,16 @@ int main(int argc, char **argv)
         char corpus[96];
         snprintf(corpus, sizeof corpus, "%s/corpus.tsv", dir);
         write_corpus(corpus);
+        tf_image_set *train = synthetic_images(40, 12), *test = synthetic_images(24, 13);
+        write_idx(train, "train");
+        write_idx(test, "test");
+        idx_image_set_free(&train);
+        idx_image_set_free(&test);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     test_vit();
+    test_job_fields();
+    test_vit_jobs();
     test_bert_train();
     test_bert_fuse();
     int rc = tu_finish("checkpoint");
