@@ -17,6 +17,7 @@ ALIGN_FLOPS = 20e9       # dense plan products in the alignment
 LINK_BYTES = 2.5e9       # bytes per second per rank (25 GB/s node link / 10 ranks)
 MEMORY_BYTES = 5e9       # bytes per second per rank for the tree additions
 CHUNK = 32               # calibration images per chunk
+NODES = 2                # tree nodes a rank's chunk range leaves for the exchange (1 or 2)
 CALIBRATION = 1024       # calibration images (inputs)
 
 MODELS = {
@@ -36,10 +37,12 @@ def estimate(d, f, L, T, params, P, R, S=CALIBRATION):
     t_stats = per_rank * CHUNK * (P - 1) * stats / STATS_FLOPS
     B = 8 * (P - 1) * (L * (7 * d * d + f * f + 4 * d + 2 * f) + 6 * d)  # statistics bytes
     depth = 4 + math.log2(max(per_rank, 1))
-    steps = math.ceil(math.log2(busy)) if busy > 1 else 0  # ranks without chunks send nothing
-    # Rank 0 receives about one node of B bytes per binomial step and adds it, then the
-    # root is broadcast (pipelined, about 2 B / link rate).
-    t_reduce = steps * (B / LINK_BYTES + B / MEMORY_BYTES) + 2 * B / LINK_BYTES
+    # Reduce-scatter, then all-gather: a busy rank sends NODES tree nodes' worth of B
+    # (every segment but its own), every rank receives and adds its segment of the busy
+    # ranks' nodes, then receives the other segments of the result.
+    sent = NODES * B * (R - 1) / R
+    received = busy * NODES * B / R + B * (R - 1) / R
+    t_reduce = (sent + received) / LINK_BYTES + busy * NODES * B / R / MEMORY_BYTES
     units = (P - 1) * (L + 1)
     unit_seconds = EXACT_SECONDS_N3 * (f ** 3 + 2 * d ** 3)  # one layer unit
     t_ot = max(math.ceil(units / R), 1) * unit_seconds
@@ -47,7 +50,7 @@ def estimate(d, f, L, T, params, P, R, S=CALIBRATION):
     t_bcast = 2 * plans / LINK_BYTES
     t_align = (P - 1) * 2 * params * 2 * (d + f) / 2 / ALIGN_FLOPS
     memory = P * 4 * params + depth * B + plans
-    comm = B * (steps + 1) + plans  # received by rank 0, the busiest
+    comm = sent + received + plans
     stages = {"forward": t_forward, "statistics": t_stats, "reduction": t_reduce,
               "OT": t_ot, "plan broadcast": t_bcast, "alignment": t_align}
     return stages, memory, comm, busy, units
