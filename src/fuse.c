@@ -87,12 +87,37 @@ static int select_tokens(const vit_config *c, const fuse_options *opt, int *toke
     return count;
 }
 
-/* While fuse_compute_maps runs a unit of OT work on all ranks together, Sinkhorn problems
- * go to ot_sinkhorn_solve_auto on this communicator; otherwise comm is MPI_COMM_NULL. */
+/* While fuse_solve_units runs the units of a process group, Sinkhorn problems go to
+ * ot_sinkhorn_solve_auto on the group's communicator; otherwise comm is MPI_COMM_NULL.
+ * Before each problem that the group solves together, its ranks agree that none of them
+ * has failed (group_agree), so that a rank that failed on its own, e.g. out of memory
+ * while building a cost, does not leave the others waiting inside the solver. */
 static struct {
     MPI_Comm comm;
-    int64_t threshold;
-} dist_solve = {MPI_COMM_NULL, 0};
+    int size;          /* ranks in comm */
+    int64_t threshold; /* n * m from which the group solves a problem together */
+    int stopped;       /* 1 once an agreement did not return GROUP_SOLVE: none follows */
+} dist_solve = {MPI_COMM_NULL, 1, 0, 0};
+
+/* What a rank of a process group does next, stated in group_agree. */
+enum group_state {
+    GROUP_SOLVE, /* enter the next problem solved together */
+    GROUP_DONE,  /* finished every unit of the group */
+    GROUP_FAILED /* failed on its own and stops */
+};
+
+/* Collective on dist_solve.comm: every rank states what it does next. Returns the common
+ * state, or GROUP_FAILED if a rank failed or the ranks disagree, which means that the group
+ * stops. The ranks make one agreement per problem solved together and one at the end, so
+ * that every rank takes part in the same number of them. */
+static enum group_state group_agree(enum group_state mine)
+{
+    int state[2] = {(int)mine, -(int)mine}; /* max and -min over the group */
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, state, 2, MPI_INT, MPI_MAX, dist_solve.comm));
+    enum group_state all = state[0] == -state[1] ? (enum group_state)state[0] : GROUP_FAILED;
+    if (all != GROUP_SOLVE) dist_solve.stopped = 1;
+    return all;
+}
 
 /* Solves one OT problem with uniform marginals; the plan has total mass 1. */
 tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
@@ -100,11 +125,18 @@ tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver sol
 {
     ot_info info;
     tf_status st;
+    const int together = dist_solve.comm != MPI_COMM_NULL && dist_solve.size > 1 &&
+                         (int64_t)n * m >= dist_solve.threshold;
     if (solver == FUSE_SOLVER_EXACT) {
         st = ot_emd_solve(n, m, cost, NULL, NULL, plan, &info);
     } else {
         ot_sinkhorn_options so = ot_sinkhorn_defaults(epsilon);
-        if (dist_solve.comm != MPI_COMM_NULL)
+        if (together && (dist_solve.stopped || group_agree(GROUP_SOLVE) != GROUP_SOLVE))
+            return tf_error_set(TF_ERR_MPI,
+                                "OT for %s (%d x %d) was not started because "
+                                "another rank of the process group failed",
+                                what, n, m);
+        if (together)
             st = ot_sinkhorn_solve_auto(dist_solve.comm, dist_solve.threshold, n, m, cost, NULL,
                                         NULL, &so, plan, &info);
         else
@@ -440,7 +472,7 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
 }
 
 /* A unit of OT work: the maps of one parent that one function computes. Units are
- * independent, so each can run on any rank. */
+ * independent, so each can run on any rank or process group. */
 enum unit_kind {
     UNIT_STREAM, /* residual stream maps (one joint problem, or one per join) */
     UNIT_LAYER,  /* Q/K, V and MLP hidden maps of one layer */
@@ -452,8 +484,17 @@ typedef struct {
     int parent, layer;
     double work;              /* estimated cost, arbitrary units */
     int64_t largest_sinkhorn; /* n * m of its largest Sinkhorn problem, 0 if none */
-    int owner;                /* rank that runs it, or -1: all ranks together */
+    int group;                /* process group that runs it together, or -1: one rank */
+    int owner;                /* rank that runs it, or the group's first rank, which
+                                 broadcasts its plans */
 } ot_unit;
+
+/* Outcome of a unit on the rank that broadcasts it: status and, on failure, the message
+ * (owned, freed with the results). */
+typedef struct {
+    tf_status status;
+    char *message;
+} unit_result;
 
 /* Estimated cost of one problem: about (n + m) / 2 passes over the cost for the exact
  * solver (the Jonker-Volgenant assignment is O(n^3) at worst), about 300 sweeps for
@@ -500,55 +541,118 @@ static void unit_estimate(ot_unit *u, const vit_config *cp, const vit_config *ca
     }
 }
 
-/* Lists the units of every non-anchor parent and assigns owners: units with a Sinkhorn
- * problem at or above opt->ot_dist_threshold run on all ranks together, the others go,
- * largest estimate first, to the least loaded rank (lowest rank on ties). Every rank
- * computes the same list. Returns the count, or -1 if out of memory. */
-static int units_plan(const fuse_view *views, int n_parents, int anchor,
-                      const fuse_options *opt, int size, ot_unit **out)
+int fuse_group_ranks(int requested, int size)
+{
+    return requested >= 1 && requested <= size ? requested : size;
+}
+
+/* Indices of work (count) in order of decreasing work; ties keep index order. */
+static void order_by_work(const double *work, int count, int *order)
+{
+    for (int i = 0; i < count; i++) {
+        int j = i;
+        for (; j > 0 && work[order[j - 1]] < work[i]; j--) order[j] = order[j - 1];
+        order[j] = i;
+    }
+}
+
+/* Index of the smallest of load (n), the lowest on ties. */
+static int least_loaded(const double *load, int n)
+{
+    int best = 0;
+    for (int k = 1; k < n; k++) best = load[k] < load[best] ? k : best;
+    return best;
+}
+
+tf_status fuse_schedule_units(int count, const double *work, const int *large, int size,
+                              int group_ranks, int *group, int *owner)
+{
+    if (count < 0 || size < 1 || group_ranks < 1 || group_ranks > size)
+        return tf_error_set(TF_ERR_ARG,
+                            "fuse_schedule_units: invalid count %d, size %d or group_ranks %d; "
+                            "need count >= 0 and 1 <= group_ranks <= size",
+                            count, size, group_ranks);
+    const int groups = size / group_ranks;
+    double *group_load = tf_calloc((size_t)groups, sizeof(double));
+    double *rank_load = tf_calloc((size_t)size, sizeof(double));
+    int *order = tf_malloc((size_t)(count > 0 ? count : 1) * sizeof(int));
+    tf_status st = group_load && rank_load && order ? TF_OK : TF_ERR_NOMEM;
+    if (st != TF_OK) goto done;
+    order_by_work(work, count, order);
+
+    /* Large units, largest first, each to the group with the least work. */
+    for (int k = 0; k < count; k++) {
+        const int i = order[k];
+        if (!large[i]) continue;
+        group[i] = least_loaded(group_load, groups);
+        owner[i] = group[i] * group_ranks;
+        group_load[group[i]] += work[i];
+    }
+
+    /* Each rank of a group carries an equal share of its group's work; the ranks past
+     * the last full group carry none. Small units then go to the least loaded rank. */
+    for (int r = 0; r < groups * group_ranks; r++)
+        rank_load[r] = group_load[r / group_ranks] / group_ranks;
+    for (int k = 0; k < count; k++) {
+        const int i = order[k];
+        if (large[i]) continue;
+        group[i] = -1;
+        owner[i] = least_loaded(rank_load, size);
+        rank_load[owner[i]] += work[i];
+    }
+
+done:
+    free(group_load);
+    free(rank_load);
+    free(order);
+    return st;
+}
+
+/* Lists the units of every non-anchor parent and schedules them with fuse_schedule_units:
+ * units with a Sinkhorn problem of at least opt->ot_dist_threshold entries go to process
+ * groups of group_ranks ranks. Every rank computes the same list. Returns the count, or
+ * -1 on failure (message set). */
+static int units_plan(const fuse_view *views, int n_parents, int anchor, const fuse_options *opt,
+                      int size, int group_ranks, ot_unit **out)
 {
     const int L = views[anchor].cfg.layers;
     const int per_parent = opt->cost == FUSE_COST_WEIGHT ? 1 : 1 + L;
-    ot_unit *u = tf_calloc((size_t)n_parents * per_parent, sizeof *u);
-    double *load = tf_calloc((size_t)size, sizeof(double));
-    int *order = tf_malloc((size_t)n_parents * per_parent * sizeof(int));
-    if (!u || !load || !order) {
-        free(u), free(load), free(order);
-        return -1;
-    }
+    const int64_t total = (int64_t)(n_parents > 1 ? n_parents - 1 : 0) * per_parent;
+    const size_t len = (size_t)(total > 0 ? total : 1);
+    ot_unit *u = tf_calloc(len, sizeof *u);
+    double *work = tf_malloc(len * sizeof(double));
+    int *large = tf_malloc(len * sizeof(int)), *group = tf_malloc(len * sizeof(int));
+    int *owner = tf_malloc(len * sizeof(int));
     int count = 0;
-    for (int p = 0; p < n_parents; p++) {
+    tf_status st = u && work && large && group && owner ? TF_OK : TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
         for (int k = 0; k < per_parent; k++) {
-            ot_unit *x = &u[count++];
+            ot_unit *x = &u[count];
             x->parent = p;
             x->kind = opt->cost == FUSE_COST_WEIGHT ? UNIT_WEIGHT : k == 0 ? UNIT_STREAM
                                                                           : UNIT_LAYER;
             x->layer = k - 1;
             unit_estimate(x, &views[p].cfg, &views[anchor].cfg, opt);
+            work[count] = x->work;
+            large[count] =
+                opt->ot_dist_threshold > 0 && x->largest_sinkhorn >= opt->ot_dist_threshold;
+            count++;
         }
     }
-
-    /* Largest first (insertion sort keeps ties in list order), each to the lightest rank. */
-    for (int i = 0; i < count; i++) {
-        int j = i;
-        for (; j > 0 && u[order[j - 1]].work < u[i].work; j--) order[j] = order[j - 1];
-        order[j] = i;
+    if (st == TF_OK) st = fuse_schedule_units(count, work, large, size, group_ranks, group, owner);
+    for (int i = 0; st == TF_OK && i < count; i++) {
+        u[i].group = group[i];
+        u[i].owner = owner[i];
     }
-    for (int i = 0; i < count; i++) {
-        ot_unit *x = &u[order[i]];
-        if (opt->ot_dist_threshold > 0 && size > 1 &&
-            x->largest_sinkhorn >= opt->ot_dist_threshold) {
-            x->owner = -1;
-            continue;
-        }
-        int best = 0;
-        for (int r = 1; r < size; r++) best = load[r] < load[best] ? r : best;
-        x->owner = best;
-        load[best] += x->work;
+    free(work);
+    free(large);
+    free(group);
+    free(owner);
+    if (st != TF_OK) {
+        free(u);
+        return -1;
     }
-    free(load);
-    free(order);
     *out = u;
     return count;
 }
@@ -605,26 +709,46 @@ static int unit_slots(const ot_unit *u, fuse_maps *m, const vit_config *cp,
     return k;
 }
 
+/* Stores a unit's status and, on failure, the current error message prefixed by who
+ * failed (e.g. "rank 3"). Returns status. */
+static tf_status result_set(unit_result *r, tf_status status, const char *who)
+{
+    r->status = status;
+    if (status == TF_OK) return status;
+    char message[512];
+    snprintf(message, sizeof message, "%s: %s", who, tf_error_get());
+    free(r->message);
+    r->message = tf_malloc(strlen(message) + 1);
+    if (r->message) memcpy(r->message, message, strlen(message) + 1);
+    return status;
+}
+
+static void results_free(unit_result *results, int count)
+{
+    for (int i = 0; results && i < count; i++) free(results[i].message);
+    free(results);
+}
+
 /* Collective: the owner of a unit sends its status, its message and every plan it wrote
  * to all ranks. */
-static tf_status unit_broadcast(MPI_Comm comm, int rank, const ot_unit *u, tf_status local,
-                                fuse_maps *m, const vit_config *cp, const vit_config *ca)
+static tf_status unit_broadcast(MPI_Comm comm, int rank, const ot_unit *u,
+                                const unit_result *result, fuse_maps *m, const vit_config *cp,
+                                const vit_config *ca)
 {
     double **slot[3 + 7 * 64];
     int64_t counts[3 + 7 * 64];
     int head[1 + 3 + 7 * 64];
     char message[512];
     const int n = unit_slots(u, m, cp, ca, slot, counts);
-    head[0] = (int)local;
+    head[0] = (int)result->status;
     for (int k = 0; k < n; k++) head[1 + k] = *slot[k] != NULL;
-    snprintf(message, sizeof message, "%s", local != TF_OK ? tf_error_get() : "");
+    snprintf(message, sizeof message, "%s",
+             result->status == TF_OK ? ""
+             : result->message       ? result->message
+                                     : "failed, and the message could not be stored");
     TF_MPI_CHECK(MPI_Bcast(head, 1 + n, MPI_INT, u->owner, comm));
     TF_MPI_CHECK(MPI_Bcast(message, sizeof message, MPI_CHAR, u->owner, comm));
-    if (head[0] != TF_OK)
-        return rank == u->owner ? local
-                                : tf_error_set((tf_status)head[0], "rank %d: %s", u->owner,
-                                               message);
-    tf_status st = TF_OK;
+    if (head[0] != TF_OK) return tf_error_set((tf_status)head[0], "%s", message);
     for (int k = 0; k < n; k++) {
         if (!head[1 + k]) continue;
         if (counts[k] > INT32_MAX)
@@ -636,14 +760,98 @@ static tf_status unit_broadcast(MPI_Comm comm, int rank, const ot_unit *u, tf_st
         if (!*slot[k]) tf_mpi_fail(MPI_ERR_NO_MEM, "plan allocation", __FILE__, __LINE__);
         TF_MPI_CHECK(MPI_Bcast(*slot[k], (int)counts[k], MPI_DOUBLE, u->owner, comm));
     }
-    return st;
+    return TF_OK;
 }
 
-/* Runs every unit: first those run by all ranks together (distributed Sinkhorn), then
- * each rank its own, then each owner broadcasts its plans. Every rank returns all maps. */
+/* Collective on group, the ranks of process group my_group from world rank first_rank.
+ * Runs the group's units in list order, Sinkhorn problems of at least
+ * opt->ot_dist_threshold entries on all ranks of the group together, and stores every
+ * unit's outcome on every rank of the group. If a rank fails, all stop at their next
+ * agreement, and every unit of the group gets the status and message of the lowest rank
+ * that failed on its own. Returns the number of units the group ran. */
+static int group_run(MPI_Comm group, int my_group, int first_rank, const ot_unit *units, int count,
+                     const fuse_view *views, int anchor, fuse_stats **stats,
+                     const fuse_options *opt, fuse_maps **maps, unit_result *results)
+{
+    int grank, gsize, ran = 0;
+    TF_MPI_CHECK(MPI_Comm_rank(group, &grank));
+    TF_MPI_CHECK(MPI_Comm_size(group, &gsize));
+    dist_solve.comm = group;
+    dist_solve.size = gsize;
+    dist_solve.threshold = opt->ot_dist_threshold;
+    dist_solve.stopped = 0;
+
+    tf_status st = TF_OK;
+    for (int i = 0; st == TF_OK && i < count; i++) {
+        if (units[i].group != my_group) continue;
+        st = unit_run(&units[i], views, anchor, stats, opt, maps);
+        ran++;
+    }
+    const int own_failure = st != TF_OK && !dist_solve.stopped;
+    if (!dist_solve.stopped && group_agree(st == TF_OK ? GROUP_DONE : GROUP_FAILED) != GROUP_DONE &&
+        st == TF_OK)
+        st = tf_error_set(TF_ERR_MPI, "stopped because another rank of the group failed");
+
+    /* The lowest rank that failed on its own sends its status and message to the group. */
+    int first = own_failure ? grank : gsize, code = (int)st;
+    char message[512] = "";
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, group));
+    if (first < gsize) {
+        if (grank == first) snprintf(message, sizeof message, "%s", tf_error_get());
+        TF_MPI_CHECK(MPI_Bcast(&code, 1, MPI_INT, first, group));
+        TF_MPI_CHECK(MPI_Bcast(message, sizeof message, MPI_CHAR, first, group));
+        st = tf_error_set((tf_status)code, "%s", message);
+    } else if (st != TF_OK) {
+        st = tf_error_set(TF_ERR_MPI, "the ranks disagree on the number of Sinkhorn problems "
+                                      "they solve together");
+    }
+    char who[96];
+    snprintf(who, sizeof who, "process group %d (ranks %d to %d), rank %d", my_group, first_rank,
+             first_rank + gsize - 1, first_rank + (first < gsize ? first : 0));
+    for (int i = 0; i < count; i++)
+        if (units[i].group == my_group) result_set(&results[i], st, who);
+
+    dist_solve.comm = MPI_COMM_NULL;
+    dist_solve.size = 1;
+    dist_solve.stopped = 0;
+    return ran;
+}
+
+/* Number of process groups named one by one in the log line of fuse_solve_units. */
+enum { LOG_GROUPS = 8 };
+
+/* Rank 0 logs the units and seconds of the first LOG_GROUPS groups (per_group, 2 values
+ * each) and the largest time of any group. */
+static void log_groups(int groups, int group_ranks, int size, int large, int64_t threshold,
+                       const double *per_group, double t_max)
+{
+    char text[1024];
+    int len = snprintf(text, sizeof text,
+                       "%d units with a Sinkhorn problem of at least %lld entries in %.3f s (max "
+                       "over groups)",
+                       large, (long long)threshold, t_max);
+    for (int k = 0; k < groups && k < LOG_GROUPS && len < (int)sizeof text; k++)
+        len += snprintf(text + len, sizeof text - (size_t)len, "; group %d: %d units, %.3f s", k,
+                        (int)per_group[2 * k], per_group[2 * k + 1]);
+    if (groups > LOG_GROUPS && len < (int)sizeof text)
+        snprintf(text + len, sizeof text - (size_t)len, "; %d more groups", groups - LOG_GROUPS);
+    TF_INFO("fuse timing: OT process groups of %d ranks (%d groups, %d ranks in none): %s",
+            group_ranks, groups, size - groups * group_ranks, text);
+}
+
 tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
                              int anchor, fuse_stats **stats, const fuse_options *opt,
                              fuse_maps **maps)
+{
+    return fuse_solve_units_report(comm, views, n_parents, anchor, stats, opt, maps, NULL);
+}
+
+/* Runs every unit: first the process groups their large units, all groups at the same
+ * time, then each rank its small units, then each owner broadcasts its plans. Every rank
+ * returns all maps. */
+tf_status fuse_solve_units_report(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
+                                  fuse_stats **stats, const fuse_options *opt, fuse_maps **maps,
+                                  fuse_group_report *report)
 {
     int rank, size;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
@@ -651,51 +859,94 @@ tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
     if (views[anchor].cfg.layers > 64)
         return tf_error_set(TF_ERR_ARG, "fusion supports at most 64 layers, found %d",
                             views[anchor].cfg.layers);
+    if (opt->ot_group_ranks < 0)
+        return tf_error_set(TF_ERR_ARG,
+                            "ot_group_ranks = %d is invalid; use 0 for one group "
+                            "of all ranks, or the number of ranks per group",
+                            opt->ot_group_ranks);
+    const int g = fuse_group_ranks(opt->ot_group_ranks, size), groups = size / g;
+    const int my_group = rank < groups * g ? rank / g : -1;
     ot_unit *units = NULL;
-    const int count = units_plan(views, n_parents, anchor, opt, size, &units);
-    if (count < 0) return TF_ERR_NOMEM;
-    tf_status st = TF_OK;
-    double t0 = tf_seconds(), work = 0, total_work = 0;
-    int mine = 0;
-    for (int i = 0; i < count; i++) total_work += units[i].owner >= 0 ? units[i].work : 0;
+    const int count = units_plan(views, n_parents, anchor, opt, size, g, &units);
+    unit_result *results = tf_calloc((size_t)(count > 0 ? count : 1), sizeof *results);
 
-    /* Collective units, in list order on every rank. */
-    dist_solve.comm = comm;
-    dist_solve.threshold = opt->ot_dist_threshold;
-    for (int i = 0; st == TF_OK && i < count; i++)
-        if (units[i].owner < 0) st = unit_run(&units[i], views, anchor, stats, opt, maps);
-    dist_solve.comm = MPI_COMM_NULL;
-    const double t_dist = tf_seconds() - t0;
+    /* All ranks agree on the setup before the first collective, so that none waits. */
+    int failed = count < 0 || !results, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
+    if (any_failed) {
+        free(units);
+        results_free(results, count);
+        return failed ? tf_error_set(TF_ERR_NOMEM, "OT scheduling failed: %s", tf_error_get())
+                      : tf_error_set(TF_ERR_NOMEM, "OT scheduling failed on another rank");
+    }
+    int large = 0, mine = 0, group_units = 0;
+    double work = 0, total_work = 0;
+    for (int i = 0; i < count; i++) {
+        large += units[i].group >= 0;
+        total_work += units[i].group < 0 ? units[i].work : 0;
+    }
+    if (rank == 0 && large > 0 && opt->ot_group_ranks > size)
+        TF_WARN("ot_group_ranks = %d exceeds the %d ranks; one group of all ranks solves the "
+                "units with a Sinkhorn problem of at least %lld entries",
+                opt->ot_group_ranks, size, (long long)opt->ot_dist_threshold);
 
-    /* Own units; a failure is reported in the broadcast of that unit. */
-    tf_status *status = tf_calloc((size_t)count, sizeof *status);
-    if (!status) st = TF_ERR_NOMEM;
-    for (int i = 0; st == TF_OK && i < count; i++) {
-        if (units[i].owner != rank) continue;
-        status[i] = unit_run(&units[i], views, anchor, stats, opt, maps);
+    /* Step 1: units with a large Sinkhorn problem, each group on its own communicator. */
+    double t0 = tf_seconds();
+    if (large > 0) {
+        MPI_Comm group = MPI_COMM_NULL;
+        TF_MPI_CHECK(MPI_Comm_split(comm, my_group >= 0 ? my_group : MPI_UNDEFINED, rank, &group));
+        if (group != MPI_COMM_NULL) {
+            group_units = group_run(group, my_group, my_group * g, units, count, views, anchor,
+                                    stats, opt, maps, results);
+            TF_MPI_CHECK(MPI_Comm_free(&group));
+        }
+    }
+    const double t_group = tf_seconds() - t0;
+
+    /* Step 2: own units; a failure is reported in the broadcast of that unit. */
+    char who[32];
+    snprintf(who, sizeof who, "rank %d", rank);
+    for (int i = 0; i < count; i++) {
+        if (units[i].group >= 0 || units[i].owner != rank) continue;
+        result_set(&results[i], unit_run(&units[i], views, anchor, stats, opt, maps), who);
         work += units[i].work;
         mine++;
     }
-    double t_local = tf_seconds() - t0 - t_dist, t_max = t_local;
-    TF_MPI_CHECK(MPI_Allreduce(&t_local, &t_max, 1, MPI_DOUBLE, MPI_MAX, comm));
+    const double t_local = tf_seconds() - t0 - t_group;
+
+    /* Step 3: times and unit counts for the log, reduced to rank 0. */
+    double t_max[2] = {t_group, t_local}, per_group[2 * LOG_GROUPS] = {0};
+    if (my_group >= 0 && my_group < LOG_GROUPS && rank == my_group * g) {
+        per_group[2 * my_group] = group_units;
+        per_group[2 * my_group + 1] = t_group;
+    }
+    TF_MPI_CHECK(
+        MPI_Reduce(rank == 0 ? MPI_IN_PLACE : t_max, t_max, 2, MPI_DOUBLE, MPI_MAX, 0, comm));
+    TF_MPI_CHECK(MPI_Reduce(rank == 0 ? MPI_IN_PLACE : per_group, per_group, 2 * LOG_GROUPS,
+                            MPI_DOUBLE, MPI_SUM, 0, comm));
     double t1 = tf_seconds();
 
-    /* Broadcast, unit by unit in list order. Every rank joins each one. */
-    int failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
-    if (st == TF_OK && any_failed)
-        st = tf_error_set(TF_ERR_NOMEM, "OT scheduling failed on another rank");
+    /* Step 4: broadcast, unit by unit in list order. Every rank joins each one. */
+    tf_status st = TF_OK;
     for (int i = 0; st == TF_OK && i < count; i++) {
-        if (units[i].owner < 0) continue;
         const int p = units[i].parent;
-        st = unit_broadcast(comm, rank, &units[i], status[i], maps[p], &views[p].cfg,
+        st = unit_broadcast(comm, rank, &units[i], &results[i], maps[p], &views[p].cfg,
                             &views[anchor].cfg);
     }
-    TF_INFO("fuse timing: OT %d units over %d ranks: distributed %.3f s, local %.3f s (max over "
-            "ranks; rank 0: %d units, %.0f %% of the estimated work), broadcast %.3f s",
-            count, size, t_dist, t_max, mine, total_work > 0 ? 100 * work / total_work : 0.0,
+    if (large > 0) log_groups(groups, g, size, large, opt->ot_dist_threshold, per_group, t_max[0]);
+    TF_INFO("fuse timing: OT %d units over %d ranks: process groups %.3f s, local %.3f s (max "
+            "over ranks; rank 0: %d units, %.0f %% of the estimated work of local units), "
+            "broadcast %.3f s",
+            count, size, t_max[0], t_max[1], mine, total_work > 0 ? 100 * work / total_work : 0.0,
             tf_seconds() - t1);
-    free(status);
+    if (report) {
+        report->group_ranks = g;
+        report->groups = groups;
+        report->my_group = my_group;
+        report->large_units = large;
+        report->group_units = group_units;
+    }
+    results_free(results, count);
     free(units);
     return st;
 }

@@ -120,9 +120,43 @@ fuse_maps *fuse_maps_create(int layers);
 
 /* Collective on comm. Solves every OT problem of every non-anchor parent from the
  * statistics, spread over the ranks, and broadcasts the plans, so that every rank returns
- * all maps. maps[p] must be created for p != anchor. */
+ * all maps. maps[p] must be created for p != anchor. Units with a Sinkhorn problem of at
+ * least opt->ot_dist_threshold entries are solved by process groups of
+ * opt->ot_group_ranks consecutive ranks (MPI_Comm_split), each group on its own BLACS
+ * grid and all groups at the same time; see fuse_schedule_units. A failure on any rank is
+ * returned, with its message, on every rank. */
 tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
                            fuse_stats **stats, const fuse_options *opt, fuse_maps **maps);
+
+/* Process groups in one call of fuse_solve_units_report, as the calling rank sees them. */
+typedef struct {
+    int group_ranks; /* ranks per group (fuse_group_ranks) */
+    int groups;      /* number of groups, size / group_ranks */
+    int my_group;    /* the calling rank's group, -1 if it is in none */
+    int large_units; /* units solved by groups, over all groups */
+    int group_units; /* units solved by the calling rank's group */
+} fuse_group_report;
+
+/* fuse_solve_units, which also fills report (if not NULL) on every rank. */
+tf_status fuse_solve_units_report(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
+                                  fuse_stats **stats, const fuse_options *opt, fuse_maps **maps,
+                                  fuse_group_report *report);
+
+/* Ranks per process group for a requested opt->ot_group_ranks on size ranks: the request
+ * if it lies in [1, size], else size (0 requests one group of all ranks). */
+int fuse_group_ranks(int requested, int size);
+
+/* Assigns count OT units to process groups and ranks. work (count) are estimated costs,
+ * and large[i] != 0 marks a unit that a process group solves. The groups are
+ * size / group_ranks blocks of consecutive ranks from rank 0; the remaining ranks are in
+ * no group. Large units go, largest first, to the group with the least work so far; each
+ * rank of a group then carries an equal share of its group's work. Small units go, largest
+ * first, to the rank with the least load. Ties go to the lowest index, and equal work keeps
+ * list order. Writes group[i] (-1 for small units) and owner[i]: the rank that solves a
+ * small unit, or the first rank of the group, which broadcasts the plans. Not collective.
+ * Returns TF_ERR_ARG unless 1 <= group_ranks <= size, TF_ERR_NOMEM. */
+tf_status fuse_schedule_units(int count, const double *work, const int *large, int size,
+                              int group_ranks, int *group, int *owner);
 
 /* Adds rows samples of one block: xp (rows, n) from the parent, xa (rows, m) from the
  * anchor. Does not count samples (see fuse_stats.samples). */
