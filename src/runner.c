@@ -155,11 +155,13 @@ static tf_status check_output(const check_ctx *ctx, const char *path, int overwr
 }
 
 /* Warns when the checkpoint of output exists but the job does not resume, because the
- * training then starts from step 0 and replaces it. */
+ * training then starts from step 0 and replaces it. Also warns about temporary checkpoint
+ * files that an interrupted write left. */
 static void warn_unused_checkpoint(const check_ctx *ctx, const char *output)
 {
     char path[JOB_PATH_MAX + 128];
     snprintf(path, sizeof path, "%s.ckpt.h5", output);
+    if (ctx->warn) warn_stale_temporaries(path);
     if (ctx->warn && !ctx->job->resume && runner_file_exists(path))
         TF_WARN("checkpoint %s exists, but the job does not set \"resume\": true, so training "
                 "starts from step 0 and replaces it",
