@@ -96,6 +96,22 @@ static tf_status checkpoint_save(MPI_Comm comm, const train_options *opt, const 
     return ckpt_save_training(comm, opt->checkpoint_path, "vit", opt->label, settings, n, state);
 }
 
+/* Ends the step that leaves `state`: writes a checkpoint when one is due, and returns
+ * TF_ERR_ARG when opt->stop_after requests a stop here. Collective. */
+static tf_status end_step(MPI_Comm comm, const train_options *opt, const vit_model *model,
+                          int64_t train_count, const ckpt_state *state)
+{
+    const int64_t done = state->step;
+    if (opt->checkpoint_path && opt->checkpoint_every > 0 && done % opt->checkpoint_every == 0) {
+        tf_status st = checkpoint_save(comm, opt, model, train_count, state);
+        if (st != TF_OK) return st;
+    }
+    if (opt->stop_after > 0 && done == opt->stop_after && done < opt->steps)
+        return tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
+                            opt->label, (long long)done);
+    return TF_OK;
+}
+
 /* Loads opt->checkpoint_path into model and adam when opt->resume and the file exists.
  * Collective. */
 static tf_status checkpoint_restore(MPI_Comm comm, const train_options *opt, vit_model *model,
@@ -175,7 +191,6 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     double last_loss = saved.last_loss;
     int64_t loss_steps = saved.loss_steps, first_step = saved.step;
     if (result) result->final_loss = last_loss;
-    const int64_t every = opt->checkpoint_path ? opt->checkpoint_every : 0;
     for (int64_t step = first_step; st == TF_OK && step < opt->steps; step++) {
         int64_t in_epoch = step % per_epoch;
         if (in_epoch == 0 || step == first_step)
@@ -227,7 +242,7 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
             loss_sum = 0;
             loss_steps = 0;
         }
-        if (st == TF_OK && every > 0 && (step + 1) % every == 0) {
+        if (st == TF_OK) {
             const ckpt_state state = {.num_params = model->num_params,
                                       .params = model->params,
                                       .adam_m = adam->m,
@@ -236,18 +251,15 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
                                       .loss_sum = loss_sum,
                                       .loss_steps = loss_steps,
                                       .last_loss = last_loss};
-            st = checkpoint_save(comm, opt, model, train->count, &state);
+            st = end_step(comm, opt, model, train->count, &state);
         }
-        if (st == TF_OK && opt->stop_after > 0 && step + 1 == opt->stop_after &&
-            step + 1 < opt->steps)
-            st = tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
-                              opt->label, (long long)step + 1);
     }
     if (result && st == TF_OK) {
         result->seconds = tf_seconds() - t_start;
         result->first_step = first_step;
         result->images_per_second =
-            (double)(opt->steps - first_step) * global_batch / result->seconds;
+            result->seconds > 0 ? (double)(opt->steps - first_step) * global_batch / result->seconds
+                                : 0.0;
     }
     vit_acts_free(&acts);
     for (int t = 0; teacher_acts && t < opt->n_teachers; t++) vit_acts_free(&teacher_acts[t]);
