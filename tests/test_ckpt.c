@@ -3,8 +3,11 @@
  *   - ViT train_run stops after 6 of 12 steps with checkpoints every 4 steps. Resumed
  *     from a model with other initial values, it ends with the uninterrupted run's
  *     parameters. The resume starts mid-epoch, in an earlier epoch than the stop;
- *   - checkpoints of another seed, batch, model width or architecture, and a file that is
- *     not a checkpoint, are rejected with the file and the setting in the message;
+ *   - checkpoints of another seed, batch, model width or architecture, a file that is
+ *     not a checkpoint and a truncated one are rejected, naming the file (and the
+ *     setting);
+ *   - at 2 ranks, a checkpoint continued by one rank ends within rounding of the
+ *     uninterrupted run;
  *   - the job fields are read and checked;
  *   - a ViT train job and a ViT finetune, each stopped and resumed, write the models of
  *     the uninterrupted jobs and delete their checkpoints;
@@ -28,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char dir[64];
 
@@ -208,9 +212,62 @@ static void test_vit(void)
     st = ckpt_load(MPI_COMM_WORLD, "no_such_checkpoint.h5", "vit", NULL, 0, &state, &found);
     TU_CHECK(st == TF_OK && found == 0, "a missing checkpoint is not an error");
 
+    /* A checkpoint cut short, as a disk running full would leave it. */
+    if (tf_world_rank() == 0) {
+        FILE *f = fopen(ckpt, "r+b");
+        if (!f || ftruncate(fileno(f), 1000) != 0) TF_DIE("cannot truncate %s", ckpt);
+        fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    opt = vit_options(ckpt);
+    opt.resume = 1;
+    m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
+    TU_CHECK(st == TF_ERR_FORMAT || st == TF_ERR_IO, "truncated checkpoint: status %s (%s)",
+             tf_status_str(st), tf_error_get());
+    TU_CHECK(strstr(tf_error_get(), ckpt) != NULL, "message names %s: %s", ckpt, tf_error_get());
+
     TU_CHECK(ckpt_remove(MPI_COMM_WORLD, ckpt) == TF_OK, "remove: %s", tf_error_get());
     TU_CHECK(!file_exists(ckpt), "checkpoint removed");
     TU_CHECK(ckpt_remove(MPI_COMM_WORLD, ckpt) == TF_OK, "removing a missing checkpoint");
+    vit_model_free(&straight);
+    idx_image_set_free(&set);
+}
+
+/* A checkpoint written by all ranks of MPI_COMM_WORLD, continued by rank 0 alone. Only
+ * the order of the gradient sums differs from the uninterrupted run, so the parameters
+ * agree to rounding but not bitwise. */
+static void test_vit_other_ranks(void)
+{
+    char ckpt[128];
+    snprintf(ckpt, sizeof ckpt, "%s/vit_ranks.ckpt.h5", dir);
+    tf_image_set *set = synthetic_images(40, 11);
+    tf_status st;
+    train_options opt = vit_options(NULL);
+    vit_model *straight = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
+    opt = vit_options(ckpt);
+    opt.stop_after = 6;
+    vit_model *m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
+    expect_error(st, TF_ERR_ARG, "stopped run before the rank change", "stopped", NULL);
+
+    MPI_Comm alone;
+    MPI_Comm_split(MPI_COMM_WORLD, tf_world_rank() == 0 ? 0 : MPI_UNDEFINED, 0, &alone);
+    if (alone != MPI_COMM_NULL) {
+        opt.stop_after = 0;
+        opt.resume = 1;
+        if (vit_model_create(&vit_tiny, &m) != TF_OK) TF_DIE("%s", tf_error_get());
+        vit_model_init(m, 77);
+        train_result result = {0};
+        st = train_run(alone, m, set, &opt, &result);
+        TU_CHECK(st == TF_OK, "resume at one rank: %s", tf_error_get());
+        TU_CHECK(result.first_step == 4, "resumed after step %lld, expected 4",
+                 (long long)result.first_step);
+        if (straight)
+            tu_close_f32("resume at one rank", m->params, straight->params, m->num_params, 1e-3,
+                         1e-5);
+        vit_model_free(&m);
+        MPI_Comm_free(&alone);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
     vit_model_free(&straight);
     idx_image_set_free(&set);
 }
@@ -620,6 +677,7 @@ int main(int argc, char **argv)
     }
     MPI_Barrier(MPI_COMM_WORLD);
     test_vit();
+    if (tf_world_size() > 1) test_vit_other_ranks();
     test_job_fields();
     test_vit_jobs();
     test_bert_train();
