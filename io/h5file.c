@@ -5,10 +5,13 @@
  * through H5F_CHECK, which records the call, file:line and HDF5's own error text. Every
  * public function ends with h5f_agree, so all ranks return the same status and message. */
 #include "tfuse/h5file.h"
+#include "tfuse/probe.h"
 
 #include <errno.h>
 #include <hdf5.h>
 #include <limits.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +276,7 @@ exit:
     if (status == TF_OK && f->rank == 0 && rename(f->temp_path, f->path) != 0)
         status = tf_error_set(TF_ERR_IO, "renaming '%s' to '%s' failed: %s", f->temp_path, f->path,
                               strerror(errno));
+    if (status == TF_OK && f->rank == 0) probe_trust(f->path); /* written by this job */
     status = h5f_agree(f->comm, status);
     if (status != TF_OK) {
         h5f_discard(fp);
@@ -325,7 +329,11 @@ tf_status h5f_open(MPI_Comm comm, const char *path, h5f_file **out)
         return status != TF_OK ? status : TF_ERR_NOMEM;
     }
 
+    /* Rank 0 checks the file. It parses a file for the first time in a probe child, so
+     * that a corrupt file that crashes or hangs HDF5 fails with a message instead. */
     if (f->rank == 0) status = h5f_check_source(path);
+    if (status == TF_OK && f->rank == 0 && probe_enabled() && !probe_is_trusted(path))
+        status = h5f_probe(path);
     status = h5f_agree(f->comm, status);
     if (status != TF_OK) goto exit;
 
@@ -834,4 +842,195 @@ exit:
     if (type >= 0) H5Tclose(type);
     if (attr >= 0) H5Aclose(attr);
     return h5f_agree(f->comm, status);
+}
+
+/* ---- Probing ------------------------------------------------------------------------- */
+
+enum { H5F_SCAN_BLOCK_BYTES = 64 << 20 }; /* dataset bytes read at once by h5f_scan */
+
+/* State of one h5f_scan: the file and the first failure. */
+typedef struct {
+    const char *path;
+    tf_status status;
+} h5f_scan_state;
+
+/* Records the first failure of a scan with HDF5's error text; returns -1 to stop the
+ * iteration. Unlike h5f_fail it makes no MPI call, so a probe child may call it. */
+static herr_t h5f_scan_fail(h5f_scan_state *scan, const char *what, const char *object)
+{
+    h5f_error_text text = {.used = 0, .entries = 0};
+    text.text[0] = '\0';
+    hid_t stack = H5Eget_current_stack();
+    if (stack >= 0) {
+        H5Ewalk2(stack, H5E_WALK_UPWARD, h5f_error_entry, &text);
+        H5Eclose_stack(stack);
+    }
+    if (scan->status == TF_OK)
+        scan->status = tf_error_set(
+            TF_ERR_FORMAT, "HDF5 file '%s': %s '%s' failed (%s); the file is corrupt", scan->path,
+            what, object, text.entries ? text.text : "no HDF5 error message");
+    return -1;
+}
+
+/* Reads a string attribute as h5f_get_attr_string does: variable length, or fixed length
+ * with one more byte than stored. */
+static herr_t h5f_scan_string(hid_t attr, hid_t type, hssize_t points)
+{
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    htri_t variable = H5Tis_variable_str(type);
+    size_t size = variable > 0 ? sizeof(char *) : H5Tget_size(type) + 1;
+    void *buf = size > 0 ? calloc((size_t)(points > 0 ? points : 1), size) : NULL;
+    herr_t result = -1;
+    if (mem >= 0 && variable >= 0 && buf && H5Tset_cset(mem, H5Tget_cset(type)) >= 0 &&
+        H5Tset_size(mem, variable > 0 ? H5T_VARIABLE : size) >= 0) {
+        result = H5Aread(attr, mem, buf);
+        if (result >= 0 && variable > 0) {
+            char **texts = buf;
+            for (hssize_t i = 0; i < points; i++) H5free_memory(texts[i]);
+        }
+    }
+    free(buf);
+    if (mem >= 0) H5Tclose(mem);
+    return result;
+}
+
+/* Reads every element of one attribute (H5Aiterate2 callback); strings as the readers do,
+ * other types converted to their native type. */
+static herr_t h5f_scan_attr(hid_t object, const char *name, const H5A_info_t *info, void *data)
+{
+    h5f_scan_state *scan = data;
+    probe_stage("reading attribute '%s'", name);
+    hid_t attr = H5Aopen(object, name, H5P_DEFAULT);
+    hid_t type = attr >= 0 ? H5Aget_type(attr) : -1;
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : -1;
+    hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    herr_t result = -1;
+    if (type >= 0 && points >= 0 && H5Tget_class(type) == H5T_STRING) {
+        result = h5f_scan_string(attr, type, points);
+    } else if (type >= 0 && points >= 0) {
+        hid_t mem = H5Tget_native_type(type, H5T_DIR_DEFAULT);
+        size_t size = mem >= 0 ? H5Tget_size(mem) : 0;
+        void *buf = size > 0 ? calloc((size_t)(points > 0 ? points : 1), size) : NULL;
+        if (buf) result = H5Aread(attr, mem, buf);
+        if (result >= 0) H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf);
+        free(buf);
+        if (mem >= 0) H5Tclose(mem);
+    }
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (attr >= 0) H5Aclose(attr);
+    return result < 0 ? h5f_scan_fail(scan, "reading attribute", name) : 0;
+}
+
+/* Reads rows [first, first + n) of a dataset of ndims >= 1 dims into buf. */
+static herr_t h5f_scan_rows(hid_t dset, hid_t space, hid_t mem, int ndims, const hsize_t *dims,
+                            hsize_t first, hsize_t n, void *buf)
+{
+    hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
+    for (int i = 0; i < ndims; i++) count[i] = dims[i];
+    start[0] = first;
+    count[0] = n;
+    hid_t block = H5Screate_simple(ndims, count, NULL);
+    herr_t result =
+        block < 0 ? -1 : H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL);
+    if (result >= 0) result = H5Dread(dset, mem, block, space, H5P_DEFAULT, buf);
+    if (block >= 0) H5Sclose(block);
+    return result;
+}
+
+/* Reads the values of a numeric dataset converted to its native type, in blocks of whole
+ * rows (dims[0]) of about H5F_SCAN_BLOCK_BYTES. */
+static herr_t h5f_scan_values(hid_t dset, hid_t type, hid_t space)
+{
+    hsize_t dims[H5S_MAX_RANK];
+    int ndims = H5Sget_simple_extent_dims(space, dims, NULL);
+    hssize_t points = H5Sget_simple_extent_npoints(space);
+    if (ndims < 0 || points < 0) return -1;
+    if (points == 0) return 0;
+    hid_t mem = H5Tget_native_type(type, H5T_DIR_DEFAULT);
+    if (mem < 0) return -1;
+    const size_t elem_bytes = H5Tget_size(mem);
+    herr_t result = -1;
+    if (ndims == 0) {
+        void *buf = calloc(1, elem_bytes);
+        if (buf) result = H5Dread(dset, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+        free(buf);
+    } else {
+        double row_bytes = (double)elem_bytes;
+        for (int i = 1; i < ndims; i++) row_bytes *= (double)dims[i];
+        double step = fmin(fmax(1.0, floor(H5F_SCAN_BLOCK_BYTES / row_bytes)), (double)dims[0]);
+        /* A corrupt shape can ask for more than size_t holds; malloc then fails. */
+        void *buf = step * row_bytes < (double)SIZE_MAX ? malloc((size_t)(step * row_bytes)) : NULL;
+        const hsize_t rows = (hsize_t)step;
+        result = buf ? 0 : -1;
+        for (hsize_t r = 0; result >= 0 && r < dims[0]; r += rows)
+            result = h5f_scan_rows(dset, space, mem, ndims, dims, r,
+                                   dims[0] - r < rows ? dims[0] - r : rows, buf);
+        free(buf);
+    }
+    H5Tclose(mem);
+    return result;
+}
+
+/* Opens a dataset's type and dataspace and reads its values when it is numeric. Datasets
+ * of other type classes are not read, because tfuse's readers reject them. */
+static herr_t h5f_scan_dataset(hid_t dset, const char *name, h5f_scan_state *scan)
+{
+    hid_t type = H5Dget_type(dset), space = H5Dget_space(dset);
+    H5T_class_t cls = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    herr_t result = space < 0 || cls == H5T_NO_CLASS ? -1 : 0;
+    if (result >= 0 && (cls == H5T_INTEGER || cls == H5T_FLOAT))
+        result = h5f_scan_values(dset, type, space);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    return result < 0 ? h5f_scan_fail(scan, "reading dataset", name) : 0;
+}
+
+/* Opens one object and reads its attributes and, for a dataset, its values (H5Ovisit2
+ * callback). */
+static herr_t h5f_scan_object(hid_t root, const char *name, const H5O_info_t *info, void *data)
+{
+    h5f_scan_state *scan = data;
+    probe_stage("opening object '%s'", name);
+    hid_t object = H5Oopen(root, name, H5P_DEFAULT);
+    if (object < 0) return h5f_scan_fail(scan, "opening object", name);
+    probe_stage("reading the attributes of '%s'", name);
+    herr_t result = H5Aiterate2(object, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, h5f_scan_attr, scan);
+    if (result < 0 && scan->status == TF_OK)
+        h5f_scan_fail(scan, "iterating the attributes of", name);
+    if (result >= 0 && info->type == H5O_TYPE_DATASET) {
+        probe_stage("reading dataset '%s'", name);
+        result = h5f_scan_dataset(object, name, scan);
+    }
+    H5Oclose(object);
+    return result < 0 ? -1 : 0;
+}
+
+tf_status h5f_scan(const char *path)
+{
+    if (!path) return tf_error_set(TF_ERR_ARG, "h5f_scan: NULL path");
+    h5f_quiet();
+    h5f_scan_state scan = {.path = path, .status = TF_OK};
+    probe_stage("opening the file");
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) {
+        h5f_scan_fail(&scan, "opening", path);
+        return scan.status;
+    }
+    herr_t result =
+        H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_NATIVE, h5f_scan_object, &scan, H5O_INFO_BASIC);
+    if (result < 0 && scan.status == TF_OK) h5f_scan_fail(&scan, "visiting the objects of", path);
+    H5Fclose(file);
+    return scan.status;
+}
+
+static tf_status h5f_scan_child(const char *path, void *out)
+{
+    return h5f_scan(path);
+}
+
+tf_status h5f_probe(const char *path)
+{
+    if (!path) return tf_error_set(TF_ERR_ARG, "h5f_probe: NULL path");
+    return probe_run(path, "HDF5 file", "opening the file", h5f_scan_child, NULL, 0);
 }

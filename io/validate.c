@@ -1,8 +1,11 @@
 /* Header and metadata checks of idx data files and model files, for validating a job
  * before any compute (see include/tfuse/validate.h). These run serially on one rank: the
  * idx files through zlib, the model files through serial HDF5 calls with the default
- * (sec2) file driver, so no communicator is involved. */
+ * (sec2) file driver, so no communicator is involved. The model checks run in a probe
+ * child process (include/tfuse/probe.h), because HDF5 can crash or hang on corrupt files. */
 #include "tfuse/validate.h"
+#include "tfuse/h5file.h"
+#include "tfuse/probe.h"
 
 #include <errno.h>
 #include <hdf5.h>
@@ -207,6 +210,7 @@ static tf_status validate_attr_open(hid_t root, const char *path, const char *na
 {
     *attr = -1;
     *type = -1;
+    probe_stage("reading attribute '%s'", name);
     if (H5Aexists(root, name) <= 0)
         return tf_error_set(TF_ERR_FORMAT,
                             "model file '%s' has no root attribute '%s'; expected a tfuse model "
@@ -361,6 +365,7 @@ static tf_status validate_model_dataset(hid_t file, const char *path, const vit_
                          (long long)dims[i]);
     snprintf(want + used, sizeof want - (size_t)used, ")");
     snprintf(name, sizeof name, "params/%s", vit_param_name(which));
+    probe_stage("checking dataset '%s'", name);
 
     if (H5Lexists(file, "params", H5P_DEFAULT) <= 0 || H5Lexists(file, name, H5P_DEFAULT) <= 0)
         return tf_error_set(TF_ERR_FORMAT,
@@ -423,9 +428,9 @@ static tf_status validate_model_source(const char *path)
     return TF_OK;
 }
 
-tf_status validate_model_file(const char *path, vit_config *cfg)
+/* The checks of validate_model_file, in the calling process. */
+static tf_status validate_model_checks(const char *path, vit_config *cfg)
 {
-    if (!path || !cfg) return tf_error_set(TF_ERR_ARG, "validate_model_file: NULL argument");
     H5E_auto2_t old_func = NULL;
     void *old_data = NULL;
     H5Eget_auto2(H5E_DEFAULT, &old_func, &old_data);
@@ -434,6 +439,7 @@ tf_status validate_model_file(const char *path, vit_config *cfg)
     hid_t file = -1, root = -1;
     tf_status status = validate_model_source(path);
     if (status != TF_OK) goto exit;
+    probe_stage("opening the file");
     file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file >= 0) root = H5Gopen2(file, "/", H5P_DEFAULT);
     if (file < 0 || root < 0) {
@@ -452,4 +458,20 @@ exit:
     if (file >= 0) H5Fclose(file);
     H5Eset_auto2(H5E_DEFAULT, old_func, old_data);
     return status;
+}
+
+/* Runs in the probe child: the model checks, then a read of everything else in the file,
+ * so that the loader later parses nothing that a probe has not parsed. */
+static tf_status validate_model_child(const char *path, void *out)
+{
+    tf_status status = validate_model_checks(path, out);
+    if (status == TF_OK) status = h5f_scan(path);
+    return status;
+}
+
+tf_status validate_model_file(const char *path, vit_config *cfg)
+{
+    if (!path || !cfg) return tf_error_set(TF_ERR_ARG, "validate_model_file: NULL argument");
+    return probe_run(path, "model file", "reading the file's metadata", validate_model_child, cfg,
+                     sizeof *cfg);
 }

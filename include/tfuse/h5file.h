@@ -32,9 +32,11 @@ tf_status h5f_commit(h5f_file **f);
  * Collective. Accepts NULL and a pointer to NULL. On a handle from h5f_open it only closes. */
 void h5f_discard(h5f_file **f);
 
-/* Opens an existing file read-only. Collective on comm. Returns TF_ERR_IO when path is
- * missing or unreadable and TF_ERR_FORMAT when it is not an HDF5 file, naming the path.
- * The caller closes the handle with h5f_close. */
+/* Opens an existing file read-only. Collective on comm. Rank 0 first runs h5f_probe on a
+ * file that this process has not probed or written before (probe_is_trusted), unless
+ * TFUSE_PROBE=off. Returns TF_ERR_IO when path is missing or unreadable and TF_ERR_FORMAT
+ * when it is not an HDF5 file or the probe rejects it, naming the path. The caller closes
+ * the handle with h5f_close. */
 tf_status h5f_open(MPI_Comm comm, const char *path, h5f_file **out);
 
 /* Closes a handle from h5f_open. Collective. Accepts NULL; sets *f to NULL. On a handle
@@ -82,6 +84,19 @@ tf_status h5f_get_attr_int(h5f_file *f, const char *object, const char *name, in
 tf_status h5f_get_attr_double(h5f_file *f, const char *object, const char *name, double *value);
 tf_status h5f_get_attr_string(h5f_file *f, const char *object, const char *name, char *value,
                               size_t size);
+
+/* Opens path with serial HDF5 (the default sec2 driver) in this process and reads every
+ * attribute of every object and the values of every numeric dataset, so that HDF5 decodes
+ * all that tfuse's readers could touch. Makes no MPI call, so a probe child may run it.
+ * Not collective. Returns TF_ERR_FORMAT naming the file, the object and HDF5's error text
+ * when HDF5 fails on a part of the file. A corrupt file may instead crash or hang HDF5,
+ * which is why h5f_probe runs this in a child process. */
+tf_status h5f_scan(const char *path);
+
+/* Runs h5f_scan on path in a probe child (include/tfuse/probe.h) and returns its status,
+ * or TF_ERR_FORMAT naming the file when the child crashes, times out or exceeds its memory
+ * limit. Not collective; makes no MPI call. On TF_OK the file is trusted by this process. */
+tf_status h5f_probe(const char *path);
 
 /* Sets the maximum bytes one rank moves in one collective H5Dwrite or H5Dread call; larger
  * tensors go in several calls of whole rows. The default, 1 GiB, stays below the 2 GiB
