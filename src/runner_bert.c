@@ -319,7 +319,8 @@ static tf_status local_step(bert_model *model, const bert_train_options *o, trai
 typedef struct {
     double t_start, t_log, loss_sum;
     int64_t loss_steps, per_epoch;
-    int64_t first_step; /* steps restored from a checkpoint */
+    int64_t first_step;  /* steps restored from a checkpoint */
+    int64_t timed_steps; /* steps since t_log, which excludes restored ones */
     double last_loss;   /* mean loss of the last progress line */
 } train_progress;
 
@@ -340,9 +341,10 @@ static tf_status log_progress(MPI_Comm comm, const bert_train_options *o, train_
     TF_INFO("%s: step %lld/%lld  epoch %.2f  MLM loss %.4f  lr %.2e  %.0f seq/s  %.0f s left",
             o->label, (long long)step + 1, (long long)o->steps,
             (double)(step + 1) / (double)pr->per_epoch, mean_loss, lr,
-            (double)pr->loss_steps * o->batch_size / (now - pr->t_log),
+            (double)pr->timed_steps * o->batch_size / (now - pr->t_log),
             (double)(o->steps - step - 1) / rate);
     pr->t_log = now;
+    pr->timed_steps = 0;
     pr->last_loss = mean_loss;
     pr->loss_sum = 0;
     pr->loss_steps = 0;
@@ -507,6 +509,7 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
                         &loss_share);
         pr.loss_sum += loss_share;
         pr.loss_steps++;
+        pr.timed_steps++;
         if (st == TF_OK && ((step + 1) % o->log_every == 0 || step + 1 == o->steps))
             st = log_progress(comm, o, &pr, step,
                               tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr));

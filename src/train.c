@@ -190,6 +190,7 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     double t_start = tf_seconds(), t_log = t_start, loss_sum = saved.loss_sum;
     double last_loss = saved.last_loss;
     int64_t loss_steps = saved.loss_steps, first_step = saved.step;
+    int64_t timed_steps = 0; /* steps since t_log, which excludes restored ones */
     if (result) result->final_loss = last_loss;
     for (int64_t step = first_step; st == TF_OK && step < opt->steps; step++) {
         int64_t in_epoch = step % per_epoch;
@@ -218,6 +219,7 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
         vit_adamw_step(adam, model, grads, lr);
         loss_sum += (double)loss * local_count / global_batch;
         loss_steps++;
+        timed_steps++;
 
         if ((step + 1) % opt->log_every == 0 || step + 1 == opt->steps) {
             double mean_loss = 0;
@@ -232,11 +234,13 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
             double now = tf_seconds();
             double rate = (double)(step + 1 - first_step) / (now - t_start);
             TF_INFO("%s: step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f img/s  "
-                    "%.0f s left", opt->label, (long long)step + 1, (long long)opt->steps,
+                    "%.0f s left",
+                    opt->label, (long long)step + 1, (long long)opt->steps,
                     (double)(step + 1) / (double)per_epoch, mean_loss, lr,
-                    (double)opt->log_every * global_batch / (now - t_log),
+                    (double)timed_steps * global_batch / (now - t_log),
                     (double)(opt->steps - step - 1) / rate);
             t_log = now;
+            timed_steps = 0;
             last_loss = mean_loss;
             if (result) result->final_loss = mean_loss;
             loss_sum = 0;
