@@ -1,10 +1,11 @@
 /* Reproducible tree sums of chunk buffers over MPI ranks (see tfuse/reduce.h).
  *
- * Each rank keeps a stack of complete tree nodes in increasing chunk order. Pushing a node
- * merges it with the node below while the two are the left and right child of one parent,
- * so the stack always contains the largest complete nodes of the chunks seen so far: at most
- * about 2 log2(chunks) + 1 of them for a range that starts anywhere, and log2(chunks) + 1
- * for a range that starts at chunk 0.
+ * The tree's leaves are runs of reduce_leaf_chunks(n) consecutive chunks (one chunk each
+ * up to REDUCE_MAX_LEAVES chunks). Each rank keeps a stack of complete tree nodes in
+ * increasing leaf order. Pushing a node merges it with the node below while the two are the
+ * left and right child of one parent, so the stack always contains the largest complete
+ * nodes of the leaves seen so far: at most about 2 log2(leaves) + 1 of them for a range
+ * that starts anywhere, and log2(leaves) + 1 for a range that starts at leaf 0.
  *
  * The ranks then combine their stacks as a reduce-scatter followed by an all-gather: the
  * values are cut into one segment per rank, rank o receives segment o of every rank's
@@ -23,13 +24,13 @@ enum { STACK_MAX = 160, TAG_COUNT = 7301, TAG_NODE = 7302, TAG_DATA = 7303 };
 #define PIECE (INT64_C(1) << 26)
 
 typedef struct {
-    int64_t start; /* first chunk covered; a multiple of 2^level */
-    int64_t level; /* the node covers chunks [start, start + 2^level), clipped */
+    int64_t start; /* first leaf covered; a multiple of 2^level */
+    int64_t level; /* the node covers leaves [start, start + 2^level), clipped */
     double *data;  /* (len) */
 } tree_node;
 
 typedef struct {
-    int64_t n_chunks, len;
+    int64_t n_leaves, len;
     tree_node node[STACK_MAX];
     int count;
     double *spare[STACK_MAX]; /* buffers of len doubles free for reuse */
@@ -74,7 +75,7 @@ static void stack_merge(node_stack *s)
 }
 
 /* Pushes a node and merges; the stack owns data on success only. Fails only on stack
- * overflow, which the bound on the depth excludes for any int64_t chunk count. */
+ * overflow, which the bound on the depth excludes for any int64_t leaf count. */
 static tf_status stack_push(node_stack *s, int64_t start, int64_t level, double *data)
 {
     if (s->count == STACK_MAX) {
@@ -86,8 +87,8 @@ static tf_status stack_push(node_stack *s, int64_t start, int64_t level, double 
     return TF_OK;
 }
 
-/* Completes the tree once every chunk has been pushed: a left child whose right sibling
- * starts past the last chunk becomes its parent unchanged, a right child is merged into
+/* Completes the tree once every leaf has been pushed: a left child whose right sibling
+ * starts past the last leaf becomes its parent unchanged, a right child is merged into
  * its left sibling, until one node (the root's value) remains. */
 static tf_status stack_finish(node_stack *s)
 {
@@ -96,25 +97,47 @@ static tf_status stack_finish(node_stack *s)
         const int64_t width = INT64_C(1) << top->level;
         int before = s->count;
         if (top->start % (2 * width) == 0) {
-            if (top->start + width < s->n_chunks)
-                return tf_error_set(TF_ERR_ARG, "reduce_chunks_sum: chunk %lld is missing",
+            if (top->start + width < s->n_leaves)
+                return tf_error_set(TF_ERR_ARG, "reduce_chunks_sum: leaf %lld is missing",
                                     (long long)(top->start + width));
             top->level++;
         }
         stack_merge(s);
         if (s->count == before && top->start % (2 * width) != 0)
             return tf_error_set(TF_ERR_ARG,
-                                "reduce_chunks_sum: tree node at chunk %lld "
+                                "reduce_chunks_sum: tree node at leaf %lld "
                                 "has no left sibling",
                                 (long long)top->start);
     }
     return TF_OK;
 }
 
+int64_t reduce_leaf_chunks(int64_t n_chunks)
+{
+    return n_chunks > REDUCE_MAX_LEAVES ? (n_chunks + REDUCE_MAX_LEAVES - 1) / REDUCE_MAX_LEAVES
+                                        : 1;
+}
+
+/* Number of leaves of the tree over n_chunks chunks. */
+static int64_t leaf_count(int64_t n_chunks)
+{
+    const int64_t g = reduce_leaf_chunks(n_chunks);
+    return (n_chunks + g - 1) / g;
+}
+
+/* Leaves [*first, *last) of `rank`: contiguous ranges whose lengths differ by at most one. */
+static void leaf_range(int64_t leaves, int rank, int size, int64_t *first, int64_t *last)
+{
+    *first = leaves * rank / size;
+    *last = leaves * (rank + 1) / size;
+}
+
 void reduce_chunk_range(int64_t n_chunks, int rank, int size, int64_t *first, int64_t *last)
 {
-    *first = n_chunks * rank / size;
-    *last = n_chunks * (rank + 1) / size;
+    const int64_t g = reduce_leaf_chunks(n_chunks);
+    leaf_range(leaf_count(n_chunks), rank, size, first, last);
+    *first = *first * g < n_chunks ? *first * g : n_chunks;
+    *last = *last * g < n_chunks ? *last * g : n_chunks;
 }
 
 static void recv_doubles(MPI_Comm comm, int source, double *x, int64_t len)
@@ -174,7 +197,7 @@ static tf_status push_copy(node_stack *seg, int64_t start, int64_t level, double
     return st;
 }
 
-/* Receives, from every rank in rank order (which is chunk order), its nodes' values in
+/* Receives, from every rank in rank order (which is leaf order), its nodes' values in
  * this rank's segment [lo, hi), and pushes them onto seg; this rank's own nodes are copied
  * in at their place. After a failure the rest is still received, so that no sender blocks
  * forever. */
@@ -212,16 +235,19 @@ static tf_status agree(MPI_Comm comm, tf_status st)
     return st;
 }
 
-/* Fills this rank's chunks in order and pushes each as a leaf. */
-static tf_status fill_local(node_stack *s, int64_t first, int64_t last, reduce_fill_fn fill,
-                            void *ctx)
+/* Fills this rank's leaves [first, last) in order and pushes each: leaf k is the sum of
+ * chunks [k g, (k + 1) g) added into one zeroed buffer in chunk order. */
+static tf_status fill_local(node_stack *s, int64_t first, int64_t last, int64_t g, int64_t n_chunks,
+                            reduce_fill_fn fill, void *ctx)
 {
-    for (int64_t c = first; c < last; c++) {
+    for (int64_t k = first; k < last; k++) {
         double *data = stack_buffer(s);
         if (!data) return TF_ERR_NOMEM;
         memset(data, 0, (size_t)s->len * sizeof(double));
-        tf_status st = fill(c, data, s->len, ctx);
-        if (st == TF_OK) st = stack_push(s, c, 0, data);
+        tf_status st = TF_OK;
+        for (int64_t c = k * g; st == TF_OK && c < (k + 1) * g && c < n_chunks; c++)
+            st = fill(c, data, s->len, ctx);
+        if (st == TF_OK) st = stack_push(s, k, 0, data);
         if (st != TF_OK) {
             stack_recycle(s, data);
             return st;
@@ -242,20 +268,22 @@ tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce
                             "must be >= 0",
                             (long long)n_chunks, (long long)len);
     int64_t lo, hi, first, last;
+    const int64_t leaves = leaf_count(n_chunks);
     segment(len, rank, size, &lo, &hi);
-    reduce_chunk_range(n_chunks, rank, size, &first, &last);
+    leaf_range(leaves, rank, size, &first, &last);
     node_stack *local = tf_calloc(1, sizeof *local), *seg = tf_calloc(1, sizeof *seg);
     tf_status st = local && seg ? TF_OK : TF_ERR_NOMEM;
     double *incoming = NULL;
     if (st == TF_OK) {
-        local->n_chunks = seg->n_chunks = n_chunks;
+        local->n_leaves = seg->n_leaves = leaves;
         local->len = len > 0 ? len : 1;
         seg->len = hi > lo ? hi - lo : 1;
         if (size > 1 && !(incoming = stack_buffer(seg))) st = TF_ERR_NOMEM;
     }
 
-    /* Step 1: this rank's chunks into the largest complete nodes of its range. */
-    if (st == TF_OK) st = fill_local(local, first, last, fill, ctx);
+    /* Step 1: this rank's leaves into the largest complete nodes of its range. */
+    if (st == TF_OK)
+        st = fill_local(local, first, last, reduce_leaf_chunks(n_chunks), n_chunks, fill, ctx);
     st = agree(comm, st);
 
     /* Step 2: rank o adds up segment o of the result: it receives that segment of every
@@ -281,7 +309,7 @@ tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce
         TF_MPI_CHECK(MPI_Waitall(n, req, MPI_STATUSES_IGNORE));
         free(req);
     }
-    /* On one rank the local nodes cover every chunk and the segment is everything. */
+    /* On one rank the local nodes cover every leaf and the segment is everything. */
     node_stack *sums = size > 1 ? seg : local;
     if (st == TF_OK) st = stack_finish(sums);
     st = agree(comm, st);

@@ -412,7 +412,7 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
                                    c->acts[c->anchor], c->tokens, c->n_tokens);
         fuse_stats_bind(s, own);
         if (st != TF_OK) break;
-        buffer[off + s->buffer_len] = s->samples;
+        buffer[off + s->buffer_len] += s->samples;
         off += s->buffer_len + 1;
     }
     c->t_sums += tf_seconds() - t1;

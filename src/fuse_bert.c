@@ -105,7 +105,7 @@ static tf_status bert_chunk_fill(int64_t chunk, double *buffer, int64_t len, voi
         }
         fuse_stats_bind(s, own);
         s->samples = (double)rows;
-        buffer[off + s->buffer_len] = s->samples;
+        buffer[off + s->buffer_len] += s->samples;
         off += s->buffer_len + 1;
     }
     return st == TF_OK && off != len

@@ -53,7 +53,7 @@ static tf_status moments_fill(int64_t chunk, double *buffer, int64_t len, void *
                     }
                 }
     }
-    buffer[len - 1] = tokens;
+    buffer[len - 1] += tokens;
     return TF_OK;
 }
 

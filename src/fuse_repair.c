@@ -104,7 +104,7 @@ static tf_status moments_chunk_fill(int64_t chunk, double *buffer, int64_t len, 
     part.sq = buffer + n;
     part.count = 0;
     moments_add(&part, c->acts, cfg);
-    buffer[2 * n] = part.count;
+    buffer[2 * n] += part.count;
     return TF_OK;
 }
 

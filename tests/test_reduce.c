@@ -1,8 +1,8 @@
 /* reduce_chunks_sum against a serial pairwise sum written here from the tree's definition:
  * results must be bitwise equal at every rank count, for chunk counts that are not powers
- * of two and for more ranks than chunks. Chunk values span 16 orders of magnitude, so a
- * different association order changes the sum (checked too, so the test can fail). Also:
- * a failing fill makes every rank fail, and a negative chunk count is rejected. */
+ * of two, for more ranks than chunks and for more chunks than leaves. Chunk values span 16 orders
+ * of magnitude, so a different association order changes the sum (checked too, so the test can
+ * fail). Also: a failing fill makes every rank fail, and a negative chunk count is rejected. */
 #include "testutil.h"
 #include "tfuse/reduce.h"
 
@@ -31,22 +31,34 @@ static tf_status fill(int64_t chunk, double *buffer, int64_t len, void *ctx)
     f->calls++;
     if (chunk == f->fail_at)
         return tf_error_set(TF_ERR_NUMERIC, "chunk %lld failed on purpose", (long long)chunk);
-    for (int64_t i = 0; i < len; i++) buffer[i] = chunk_value(chunk, i);
+    for (int64_t i = 0; i < len; i++) buffer[i] += chunk_value(chunk, i);
     return TF_OK;
 }
 
-/* Sum of the node covering [lo, lo + 2^level) clipped at n: left + right, or left alone if
- * the right child is empty. Returns 0 (and leaves out alone) for an empty node. */
-static int serial_node(int64_t lo, int level, int64_t n, int64_t len, double *out)
+/* Chunks per leaf: one up to REDUCE_MAX_LEAVES chunks, else ceil(n / REDUCE_MAX_LEAVES). */
+static int64_t chunks_per_leaf(int64_t n)
 {
-    if (lo >= n) return 0;
+    int64_t g = 1;
+    while (g * REDUCE_MAX_LEAVES < n) g++;
+    return g;
+}
+
+/* Sum of the node covering leaves [lo, lo + 2^level), clipped at the last of the n chunks:
+ * left + right, or left alone if the right child is empty. A leaf adds its g chunks to
+ * zero in chunk order. Returns 0 (and leaves out alone) for an empty node. */
+static int serial_node(int64_t lo, int level, int64_t n, int64_t g, int64_t len, double *out)
+{
+    if (lo * g >= n) return 0;
     if (level == 0) {
-        for (int64_t i = 0; i < len; i++) out[i] = chunk_value(lo, i);
+        for (int64_t i = 0; i < len; i++) {
+            out[i] = 0.0;
+            for (int64_t c = lo * g; c < (lo + 1) * g && c < n; c++) out[i] += chunk_value(c, i);
+        }
         return 1;
     }
     double *right = malloc((size_t)len * sizeof(double));
-    serial_node(lo, level - 1, n, len, out);
-    if (serial_node(lo + (INT64_C(1) << (level - 1)), level - 1, n, len, right))
+    serial_node(lo, level - 1, n, g, len, out);
+    if (serial_node(lo + (INT64_C(1) << (level - 1)), level - 1, n, g, len, right))
         for (int64_t i = 0; i < len; i++) out[i] += right[i];
     free(right);
     return 1;
@@ -54,10 +66,11 @@ static int serial_node(int64_t lo, int level, int64_t n, int64_t len, double *ou
 
 static void serial_tree(int64_t n, int64_t len, double *out)
 {
+    const int64_t g = chunks_per_leaf(n), leaves = (n + g - 1) / g;
     int level = 0;
-    while ((INT64_C(1) << level) < n) level++;
+    while ((INT64_C(1) << level) < leaves) level++;
     memset(out, 0, (size_t)len * sizeof(double));
-    serial_node(0, level, n, len, out);
+    serial_node(0, level, n, g, len, out);
 }
 
 static void check_count(int64_t n, int64_t len, int rank, int size)
@@ -119,6 +132,11 @@ int main(int argc, char **argv)
     check_count(37, 1, rank, size);
     check_count(13, 3, rank, size); /* fewer values than ranks at 4 ranks */
     check_count(6, 0, rank, size);
+    /* More chunks than leaves: runs of 2 and 3 chunks per leaf. */
+    check_count(REDUCE_MAX_LEAVES + 1, 5, rank, size);
+    check_count(2 * REDUCE_MAX_LEAVES + 452, 5, rank, size);
+    TU_CHECK(reduce_leaf_chunks(2 * REDUCE_MAX_LEAVES + 452) == 3, "chunks per leaf: %lld",
+             (long long)reduce_leaf_chunks(2 * REDUCE_MAX_LEAVES + 452));
     check_order_matters(100, 257);
 
     /* A fill that fails on one chunk makes every rank fail. */
