@@ -99,7 +99,7 @@ static struct {
     int stopped;       /* 1 once an agreement did not return GROUP_SOLVE: none follows */
 } dist_solve = {MPI_COMM_NULL, 1, 0, 0};
 
-/* What a rank of a process group does next, stated in group_agree. */
+/* Next step of a rank of a process group, as stated in group_agree. */
 enum group_state {
     GROUP_SOLVE, /* enter the next problem solved together */
     GROUP_DONE,  /* finished every unit of the group */
@@ -709,14 +709,14 @@ static int unit_slots(const ot_unit *u, fuse_maps *m, const vit_config *cp,
     return k;
 }
 
-/* Stores a unit's status and, on failure, the current error message prefixed by who
- * failed (e.g. "rank 3"). Returns status. */
-static tf_status result_set(unit_result *r, tf_status status, const char *who)
+/* Stores a unit's status and, on failure, the current error message prefixed by origin,
+ * the rank or group that failed (e.g. "rank 3"). Returns status. */
+static tf_status result_set(unit_result *r, tf_status status, const char *origin)
 {
     r->status = status;
     if (status == TF_OK) return status;
     char message[512];
-    snprintf(message, sizeof message, "%s: %s", who, tf_error_get());
+    snprintf(message, sizeof message, "%s: %s", origin, tf_error_get());
     free(r->message);
     r->message = tf_malloc(strlen(message) + 1);
     if (r->message) memcpy(r->message, message, strlen(message) + 1);
@@ -805,11 +805,11 @@ static int group_run(MPI_Comm group, int my_group, int first_rank, const ot_unit
         st = tf_error_set(TF_ERR_MPI, "the ranks disagree on the number of Sinkhorn problems "
                                       "they solve together");
     }
-    char who[96];
-    snprintf(who, sizeof who, "process group %d (ranks %d to %d), rank %d", my_group, first_rank,
-             first_rank + gsize - 1, first_rank + (first < gsize ? first : 0));
+    char origin[96];
+    snprintf(origin, sizeof origin, "process group %d (ranks %d to %d), rank %d", my_group,
+             first_rank, first_rank + gsize - 1, first_rank + (first < gsize ? first : 0));
     for (int i = 0; i < count; i++)
-        if (units[i].group == my_group) result_set(&results[i], st, who);
+        if (units[i].group == my_group) result_set(&results[i], st, origin);
 
     dist_solve.comm = MPI_COMM_NULL;
     dist_solve.size = 1;
@@ -904,11 +904,11 @@ tf_status fuse_solve_units_report(MPI_Comm comm, const fuse_view *views, int n_p
     const double t_group = tf_seconds() - t0;
 
     /* Step 2: own units; a failure is reported in the broadcast of that unit. */
-    char who[32];
-    snprintf(who, sizeof who, "rank %d", rank);
+    char origin[32];
+    snprintf(origin, sizeof origin, "rank %d", rank);
     for (int i = 0; i < count; i++) {
         if (units[i].group >= 0 || units[i].owner != rank) continue;
-        result_set(&results[i], unit_run(&units[i], views, anchor, stats, opt, maps), who);
+        result_set(&results[i], unit_run(&units[i], views, anchor, stats, opt, maps), origin);
         work += units[i].work;
         mine++;
     }

@@ -128,7 +128,7 @@ fuse_maps *fuse_maps_create(int layers);
 tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
                            fuse_stats **stats, const fuse_options *opt, fuse_maps **maps);
 
-/* Process groups in one call of fuse_solve_units_report, as the calling rank sees them. */
+/* Process groups of one call of fuse_solve_units_report, reported to each rank. */
 typedef struct {
     int group_ranks; /* ranks per group (fuse_group_ranks) */
     int groups;      /* number of groups, size / group_ranks */
@@ -149,9 +149,9 @@ int fuse_group_ranks(int requested, int size);
 /* Assigns count OT units to process groups and ranks. work (count) are estimated costs,
  * and large[i] != 0 marks a unit that a process group solves. The groups are
  * size / group_ranks blocks of consecutive ranks from rank 0; the remaining ranks are in
- * no group. Large units go, largest first, to the group with the least work so far; each
- * rank of a group then carries an equal share of its group's work. Small units go, largest
- * first, to the rank with the least load. Ties go to the lowest index, and equal work keeps
+ * no group. Large units go, largest first, to the group with the least work so far. Each
+ * rank of a group then carries an equal share of its group's work, and small units go,
+ * largest first, to the rank with the least load. Ties go to the lowest index, and equal work keeps
  * list order. Writes group[i] (-1 for small units) and owner[i]: the rank that solves a
  * small unit, or the first rank of the group, which broadcasts the plans. Not collective.
  * Returns TF_ERR_ARG unless 1 <= group_ranks <= size, TF_ERR_NOMEM. */

@@ -5,7 +5,7 @@
  *   same call (fuse_group_report), and that the weight-based plans of the groups equal
  *   the 1-rank Sinkhorn plans within the solver's tolerance;
  * - activation-based fusion with groups of 2: the plans and fused parameters at N ranks
- *   are bitwise equal to those on the first 2 ranks alone; plans of exact OT and of
+ *   are bitwise equal to those on the first 2 ranks alone. Plans of exact OT and of
  *   Sinkhorn problems below the threshold are bitwise equal to the 1-rank ones, and the
  *   group-solved MLP plans agree with them within the Sinkhorn tolerance;
  * - a unit that fails on one rank of a group only: every rank returns the failure with
@@ -99,9 +99,9 @@ static void test_schedule(void)
     const int owner_5x2[] = {0, 4, 2, 0, 2, 1, 4};
     expect_schedule("5 ranks, groups of 2", 7, work, large, 5, 2, group_4x2, owner_5x2);
 
-    /* One group of all 3 ranks, each carrying 22 / 3: the small units go as without
-     * groups, 5 to rank 0, 4 to rank 1, 3 to rank 2, 2 to rank 2 (lightest at 7.33 + 3
-     * against 12.33 and 11.33). */
+    /* One group of all 3 ranks, each carrying 22 / 3, so the small units go as without
+     * groups. 5 goes to rank 0, 4 to rank 1, 3 to rank 2, and 2 to rank 2 again, the
+     * lightest at 7.33 + 3 against 12.33 and 11.33. */
     const int group_3x3[] = {0, -1, 0, -1, 0, -1, -1}, owner_3x3[] = {0, 0, 0, 1, 0, 2, 2};
     expect_schedule("3 ranks, one group", 7, work, large, 3, 3, group_3x3, owner_3x3);
 

@@ -163,6 +163,10 @@ static inline int fuse_vit_entry_count(const vit_config *c)
  * of a parent, the maps inside one layer of a parent, or all weight-based maps of a
  * parent) balanced by an estimate of their cost, and broadcasts every plan, so every rank
  * returns all maps, bitwise equal to a 1-rank run unless opt->ot_dist_threshold is set.
+ * With it set, process groups of opt->ot_group_ranks ranks solve the units with a large
+ * Sinkhorn problem together, and those plans are bitwise equal at every rank count of
+ * at least opt->ot_group_ranks (one group of all ranks when it is 0), provided that MPI
+ * reduces in the same order on every group of that size.
  * Returns, for each parent p != anchor, maps[p] (maps[anchor] is NULL).
  * images: (S, channels, H, W) normalized calibration images, replicated on all ranks.
  * Caller frees each map with fuse_maps_free and the array with free. */
