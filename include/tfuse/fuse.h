@@ -80,8 +80,9 @@ typedef struct {
     enum fuse_repair repair;       /* applied to the fused model after averaging */
     enum fuse_stream_features stream_features; /* features of the joint stream map */
     int64_t ot_dist_threshold; /* Sinkhorn problems with n * m >= this are solved by all ranks
-                                  together with ot_sinkhorn_solve_auto; 0: never. Such plans
-                                  match the 1-rank ones only up to the Sinkhorn tolerance */
+                                  of a process group together with ot_sinkhorn_solve_auto;
+                                  0: never. Such plans match the 1-rank ones only up to the
+                                  Sinkhorn tolerance */
     int ot_group_ranks;        /* ranks per process group that solves units with such a problem
                                   (consecutive ranks, split with MPI_Comm_split); 0 or more than
                                   the rank count: one group of all ranks */
