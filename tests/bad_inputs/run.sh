@@ -39,7 +39,8 @@ launch() {
 # sample of the checks done before any compute.
 multi_rank_cases=" invalid_json missing_data existing_output unwritable_output missing_parent
     incompatible_layers too_many_calibration model_nan_weight model_inf_weight
-    data_truncated_gzip model_wrong_shape sigterm_mid_training validate_clean "
+    data_truncated_gzip model_wrong_shape sigterm_mid_training validate_clean
+    hdf5_crash_parent hdf5_crash_first_parent hdf5_hang "
 
 selected() {
     [[ $which == all || " $(echo $multi_rank_cases) " == *" $1 "* ]]
@@ -236,6 +237,29 @@ parents_case model_string_width @M@/string-d.h5 "string-d.h5" "'d'" "integer"
 parents_case model_huge_width @M@/huge-d.h5 "huge-d.h5" "out of range"
 parents_case model_nan_weight @M@/nan-weight.h5 "nan-weight.h5" "params/fc2_w" "NaN" "(0, 3, 5)"
 parents_case model_inf_weight @M@/inf-weight.h5 "inf-weight.h5" "params/pos" "infinite" "(2, 1)"
+
+# ---- Model files that crash or hang HDF5 -----------------------------------------------
+# Inputs found by fuzzing (tests/fuzz/regress/model): HDF5 1.10 crashes on them, or never
+# finishes decoding them, while reading their attributes. tfuse parses a model file first
+# in a probe child process, so each case must end with one error naming the file.
+# The first case reads the crashing file as parents[1] (the model checks), the second as
+# parents[0] (opened first to read its architecture). Both files crash HDF5 on every run;
+# heap-overread.h5 is left out because whether its over-read crashes depends on the heap.
+regress=$here/../fuzz/regress/model
+cp "$regress"/*.h5 "$M/"
+parents_case hdf5_crash_parent @M@/memcpy-overlap.h5 "memcpy-overlap.h5" 'parents\[1\]' \
+    "HDF5 crashed" "signal" "the file is corrupt"
+expect hdf5_crash_first_parent '{"tasks": ['"$(fuse @M@/wild-pointer.h5 @O@/p.h5)"']}' \
+    "wild-pointer.h5" 'parents\[0\]' "HDF5 crashed" "signal" "the file is corrupt"
+expect hdf5_crash_validate --validate '{"tasks": ['"$(fuse @O@/p.h5 @M@/wild-pointer.h5)"']}' \
+    "wild-pointer.h5" "HDF5 crashed" "signal" "the file is corrupt"
+TFUSE_PROBE_SECONDS=1 parents_case hdf5_hang @M@/endless-decoding.h5 "endless-decoding.h5" \
+    "timed out after 1 s" "TFUSE_PROBE_SECONDS"
+parents_case hdf5_huge_allocation @M@/huge-allocation.h5 "huge-allocation.h5" "corrupt"
+# HDF5 over-reads a buffer on this file without crashing (found by AddressSanitizer); the
+# precise message of the model checks comes back from the probe child.
+parents_case hdf5_overread_precise @M@/heap-overread-inf-eps.h5 "heap-overread-inf-eps.h5" \
+    "ln_eps = inf" "positive and finite"
 
 # ---- Incompatible parents and methods --------------------------------------------------
 parents_case incompatible_layers @O@/deep.h5 'parents\[1\]' "layers = 2" "layers = 1"
