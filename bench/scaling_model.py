@@ -48,9 +48,12 @@ def estimate(d, f, L, T, params, P, R, S=CALIBRATION):
     t_ot = max(math.ceil(units / R), 1) * unit_seconds
     plans = 8 * (P - 1) * (L * (6 * d * d + f * f) + 3 * d * d)
     t_bcast = 2 * plans / LINK_BYTES
-    t_align = (P - 1) * 2 * params * 2 * (d + f) / 2 / ALIGN_FLOPS
-    memory = P * 4 * params + depth * B + plans
-    comm = sent + received + plans
+    # Rank k mod R aligns the k-th non-anchor parent, then every aligned parent (4 bytes
+    # per parameter) is broadcast to every rank.
+    t_align = (math.ceil((P - 1) / R) * 2 * params * 2 * (d + f) / 2 / ALIGN_FLOPS
+               + (P - 1) * 4 * params / LINK_BYTES)
+    memory = 2 * P * 4 * params + depth * B + plans  # parents and aligned parents
+    comm = sent + received + plans + (P - 1) * 4 * params
     stages = {"forward": t_forward, "statistics": t_stats, "reduction": t_reduce,
               "OT": t_ot, "plan broadcast": t_bcast, "alignment": t_align}
     return stages, memory, comm, busy, units

@@ -455,9 +455,15 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
     double t0 = tf_seconds();
     if (st == TF_OK)
         st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
+    const double t_reduction = tf_seconds() - t0 - ctx.t_forward - ctx.t_sums;
     TF_INFO("fuse timing: statistics on rank 0: forward passes %.3f s, sums %.3f s, waiting and "
-            "reduction %.3f s (%lld values per chunk)", ctx.t_forward, ctx.t_sums,
-            tf_seconds() - t0 - ctx.t_forward - ctx.t_sums, (long long)len);
+            "reduction %.3f s (%lld values per chunk)", ctx.t_forward, ctx.t_sums, t_reduction,
+            (long long)len);
+    if (opt->timings) {
+        opt->timings->forward += ctx.t_forward;
+        opt->timings->sums += ctx.t_sums;
+        opt->timings->reduction += t_reduction;
+    }
     int64_t off = 0;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
@@ -934,6 +940,11 @@ tf_status fuse_solve_units_report(MPI_Comm comm, const fuse_view *views, int n_p
                             &views[anchor].cfg);
     }
     if (large > 0) log_groups(groups, g, size, large, opt->ot_dist_threshold, per_group, t_max[0]);
+    if (opt->timings) {
+        opt->timings->ot_groups += t_max[0];
+        opt->timings->ot_local += t_max[1];
+        opt->timings->ot_broadcast += tf_seconds() - t1;
+    }
     TF_INFO("fuse timing: OT %d units over %d ranks: process groups %.3f s, local %.3f s (max "
             "over ranks; rank 0: %d units, %.0f %% of the estimated work of local units), "
             "broadcast %.3f s",
@@ -998,9 +1009,11 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     double t0 = tf_seconds();
     if (st == TF_OK && opt->cost == FUSE_COST_ACTIVATION)
         st = accumulate_stats(comm, parents, n_parents, anchor, images, n_images, opt, stats);
-    if (opt->cost == FUSE_COST_ACTIVATION)
+    if (opt->cost == FUSE_COST_ACTIVATION) {
         TF_INFO("fuse timing: calibration statistics %.3f s (%lld images)", tf_seconds() - t0,
                 (long long)n_images);
+        if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
+    }
 
     /* Step 2: the OT problems of all parents, spread over the ranks, then broadcast. */
     for (int p = 0; st == TF_OK && p < n_parents; p++) {

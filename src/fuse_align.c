@@ -13,6 +13,7 @@
 #include "fuse_internal.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,13 +28,15 @@ static double *normalize_plan(const double *plan, int n, int m, int output_side)
         for (int j = 0; j < m; j++) {
             double s = 0;
             for (int i = 0; i < n; i++) s += t[(int64_t)i * m + j];
-            for (int i = 0; i < n; i++) t[(int64_t)i * m + j] = s > 0 ? t[(int64_t)i * m + j] / s : 0;
+            for (int i = 0; i < n; i++)
+                t[(int64_t)i * m + j] = s > 0 ? t[(int64_t)i * m + j] / s : 0;
         }
     } else {
         for (int i = 0; i < n; i++) {
             double s = 0;
             for (int j = 0; j < m; j++) s += t[(int64_t)i * m + j];
-            for (int j = 0; j < m; j++) t[(int64_t)i * m + j] = s > 0 ? t[(int64_t)i * m + j] / s : 0;
+            for (int j = 0; j < m; j++)
+                t[(int64_t)i * m + j] = s > 0 ? t[(int64_t)i * m + j] / s : 0;
         }
     }
     return t;
@@ -58,13 +61,13 @@ static tf_status align_sides(const float *W, int rp, int cp, const double *row_p
     }
     for (int64_t k = 0; k < (int64_t)rp * cp; k++) w[k] = (double)W[k];
     if (t_col)
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rp, ca, cp, 1.0, w, cp, t_col,
-                    ca, 0.0, tmp, ca);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rp, ca, cp, 1.0, w, cp, t_col, ca,
+                    0.0, tmp, ca);
     else
         memcpy(tmp, w, (size_t)rp * cp * sizeof(double));
     if (t_row)
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ra, ca, rp, 1.0, t_row, ra, tmp,
-                    ca, 0.0, res, ca);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ra, ca, rp, 1.0, t_row, ra, tmp, ca,
+                    0.0, res, ca);
     else
         memcpy(res, tmp, (size_t)ra * ca * sizeof(double));
     for (int64_t k = 0; k < (int64_t)ra * ca; k++) out[k] = (float)res[k];
@@ -86,19 +89,32 @@ tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_pl
 const double *fuse_maps_get(const fuse_maps *maps, enum fuse_group group, int layer)
 {
     switch (group) {
-    case FUSE_GROUP_NONE: return NULL;
-    case FUSE_GROUP_STREAM0: return maps->stream0;
-    case FUSE_GROUP_EMBED: return maps->patch ? maps->patch : maps->stream0;
-    case FUSE_GROUP_POS: return maps->pos ? maps->pos : maps->stream0;
-    case FUSE_GROUP_QK: return maps->qk[layer];
-    case FUSE_GROUP_V: return maps->v[layer];
-    case FUSE_GROUP_ATTN_OUT: return maps->attn_out[layer];
-    case FUSE_GROUP_STREAM1: return maps->stream1[layer];
-    case FUSE_GROUP_FC1: return maps->fc1[layer];
-    case FUSE_GROUP_MLP_OUT: return maps->mlp_out[layer];
-    case FUSE_GROUP_STREAM2: return maps->stream2[layer];
-    case FUSE_GROUP_STREAM_IN: return layer == 0 ? maps->stream0 : maps->stream2[layer - 1];
-    case FUSE_GROUP_STREAM_FINAL: return maps->stream2[maps->layers - 1];
+    case FUSE_GROUP_NONE:
+        return NULL;
+    case FUSE_GROUP_STREAM0:
+        return maps->stream0;
+    case FUSE_GROUP_EMBED:
+        return maps->patch ? maps->patch : maps->stream0;
+    case FUSE_GROUP_POS:
+        return maps->pos ? maps->pos : maps->stream0;
+    case FUSE_GROUP_QK:
+        return maps->qk[layer];
+    case FUSE_GROUP_V:
+        return maps->v[layer];
+    case FUSE_GROUP_ATTN_OUT:
+        return maps->attn_out[layer];
+    case FUSE_GROUP_STREAM1:
+        return maps->stream1[layer];
+    case FUSE_GROUP_FC1:
+        return maps->fc1[layer];
+    case FUSE_GROUP_MLP_OUT:
+        return maps->mlp_out[layer];
+    case FUSE_GROUP_STREAM2:
+        return maps->stream2[layer];
+    case FUSE_GROUP_STREAM_IN:
+        return layer == 0 ? maps->stream0 : maps->stream2[layer - 1];
+    case FUSE_GROUP_STREAM_FINAL:
+        return maps->stream2[maps->layers - 1];
     }
     return NULL;
 }
@@ -121,13 +137,12 @@ tf_status fuse_apply_entries(const fuse_entry *entries, int count, const fuse_ma
 }
 
 /* Appends one entry; a slice starts `offset_p` / `offset_a` elements into the tensors. */
-static void add_entry(fuse_entry *list, int *count, const char *name, int layer,
-                      const float *src, float *dst, int rows_p, int rows_a, int cols_p,
-                      int cols_a, enum fuse_group row_group, enum fuse_group col_group,
-                      int col_output)
+static void add_entry(fuse_entry *list, int *count, const char *name, int layer, const float *src,
+                      float *dst, int rows_p, int rows_a, int cols_p, int cols_a,
+                      enum fuse_group row_group, enum fuse_group col_group, int col_output)
 {
-    list[(*count)++] = (fuse_entry){name, layer, src, dst, rows_p, rows_a, cols_p, cols_a,
-                                    row_group, col_group, col_output};
+    list[(*count)++] = (fuse_entry){name,   layer,  src,       dst,       rows_p,    rows_a,
+                                    cols_p, cols_a, row_group, col_group, col_output};
 }
 
 int fuse_vit_entries(const vit_model *pm, vit_model *am, fuse_entry *list)
@@ -144,18 +159,18 @@ int fuse_vit_entries(const vit_model *pm, vit_model *am, fuse_entry *list)
               FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
     add_entry(list, &n, "patch_b", 0, SRC(VIT_PATCH_B, 0), DST(VIT_PATCH_B, 0), dp, da, 1, 1,
               FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
-    add_entry(list, &n, "cls", 0, SRC(VIT_CLS, 0), DST(VIT_CLS, 0), dp, da, 1, 1,
-              FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
-    add_entry(list, &n, "pos", 0, SRC(VIT_POS, 0), DST(VIT_POS, 0), T, T, dp, da,
-              FUSE_GROUP_NONE, FUSE_GROUP_POS, 1);
+    add_entry(list, &n, "cls", 0, SRC(VIT_CLS, 0), DST(VIT_CLS, 0), dp, da, 1, 1, FUSE_GROUP_EMBED,
+              FUSE_GROUP_NONE, 0);
+    add_entry(list, &n, "pos", 0, SRC(VIT_POS, 0), DST(VIT_POS, 0), T, T, dp, da, FUSE_GROUP_NONE,
+              FUSE_GROUP_POS, 1);
 
     /* Encoder layers: Q, K, V are row blocks of the packed (3d, d) matrix. */
     for (int l = 0; l < ca->layers; l++) {
         const int64_t lp = l, la = l;
-        add_entry(list, &n, "ln1_g", l, SRC(VIT_LN1_G, lp * dp), DST(VIT_LN1_G, la * da), dp, da,
-                  1, 1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
-        add_entry(list, &n, "ln1_b", l, SRC(VIT_LN1_B, lp * dp), DST(VIT_LN1_B, la * da), dp, da,
-                  1, 1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln1_g", l, SRC(VIT_LN1_G, lp * dp), DST(VIT_LN1_G, la * da), dp, da, 1,
+                  1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln1_b", l, SRC(VIT_LN1_B, lp * dp), DST(VIT_LN1_B, la * da), dp, da, 1,
+                  1, FUSE_GROUP_STREAM_IN, FUSE_GROUP_NONE, 0);
         for (int part = 0; part < 3; part++) {
             enum fuse_group g = part < 2 ? FUSE_GROUP_QK : FUSE_GROUP_V;
             add_entry(list, &n, "qkv_w", l, SRC(VIT_QKV_W, (lp * 3 + part) * dp * dp),
@@ -164,22 +179,23 @@ int fuse_vit_entries(const vit_model *pm, vit_model *am, fuse_entry *list)
             add_entry(list, &n, "qkv_b", l, SRC(VIT_QKV_B, (lp * 3 + part) * dp),
                       DST(VIT_QKV_B, (la * 3 + part) * da), dp, da, 1, 1, g, FUSE_GROUP_NONE, 0);
         }
-        add_entry(list, &n, "proj_w", l, SRC(VIT_PROJ_W, lp * dp * dp), DST(VIT_PROJ_W, la * da * da),
-                  dp, da, dp, da, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_V, 0);
-        add_entry(list, &n, "proj_b", l, SRC(VIT_PROJ_B, lp * dp), DST(VIT_PROJ_B, la * da), dp,
-                  da, 1, 1, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_NONE, 0);
-        add_entry(list, &n, "ln2_g", l, SRC(VIT_LN2_G, lp * dp), DST(VIT_LN2_G, la * da), dp, da,
-                  1, 1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
-        add_entry(list, &n, "ln2_b", l, SRC(VIT_LN2_B, lp * dp), DST(VIT_LN2_B, la * da), dp, da,
-                  1, 1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "proj_w", l, SRC(VIT_PROJ_W, lp * dp * dp),
+                  DST(VIT_PROJ_W, la * da * da), dp, da, dp, da, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_V,
+                  0);
+        add_entry(list, &n, "proj_b", l, SRC(VIT_PROJ_B, lp * dp), DST(VIT_PROJ_B, la * da), dp, da,
+                  1, 1, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln2_g", l, SRC(VIT_LN2_G, lp * dp), DST(VIT_LN2_G, la * da), dp, da, 1,
+                  1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "ln2_b", l, SRC(VIT_LN2_B, lp * dp), DST(VIT_LN2_B, la * da), dp, da, 1,
+                  1, FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
         add_entry(list, &n, "fc1_w", l, SRC(VIT_FC1_W, lp * fp * dp), DST(VIT_FC1_W, la * fa * da),
                   fp, fa, dp, da, FUSE_GROUP_FC1, FUSE_GROUP_STREAM1, 0);
-        add_entry(list, &n, "fc1_b", l, SRC(VIT_FC1_B, lp * fp), DST(VIT_FC1_B, la * fa), fp, fa,
-                  1, 1, FUSE_GROUP_FC1, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "fc1_b", l, SRC(VIT_FC1_B, lp * fp), DST(VIT_FC1_B, la * fa), fp, fa, 1,
+                  1, FUSE_GROUP_FC1, FUSE_GROUP_NONE, 0);
         add_entry(list, &n, "fc2_w", l, SRC(VIT_FC2_W, lp * dp * fp), DST(VIT_FC2_W, la * da * fa),
                   dp, da, fp, fa, FUSE_GROUP_MLP_OUT, FUSE_GROUP_FC1, 0);
-        add_entry(list, &n, "fc2_b", l, SRC(VIT_FC2_B, lp * dp), DST(VIT_FC2_B, la * da), dp, da,
-                  1, 1, FUSE_GROUP_MLP_OUT, FUSE_GROUP_NONE, 0);
+        add_entry(list, &n, "fc2_b", l, SRC(VIT_FC2_B, lp * dp), DST(VIT_FC2_B, la * da), dp, da, 1,
+                  1, FUSE_GROUP_MLP_OUT, FUSE_GROUP_NONE, 0);
     }
 
     /* Final LayerNorm with the last stream map; the classifier only on its input side. */
@@ -206,8 +222,38 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_
     return st;
 }
 
-void fuse_average_buffers(const float *const *buffers, const double *weights, int n,
-                          int64_t count, float *out)
+tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *const *params,
+                            int64_t count, tf_status (*align)(int p, void *ctx), void *ctx)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    tf_status st = TF_OK;
+    for (int p = 0, k = 0; p < n_parents; p++) {
+        if (p == anchor) continue;
+        const int owner = k++ % size;
+        tf_status mine = rank == owner ? align(p, ctx) : TF_OK;
+        int status = (int)mine;
+        char message[512];
+        snprintf(message, sizeof message, "%s", mine != TF_OK ? tf_error_get() : "");
+        TF_MPI_CHECK(MPI_Bcast(&status, 1, MPI_INT, owner, comm));
+        TF_MPI_CHECK(MPI_Bcast(message, sizeof message, MPI_CHAR, owner, comm));
+        if (status != TF_OK) {
+            if (st == TF_OK)
+                st = rank == owner ? mine
+                                   : tf_error_set((tf_status)status, "rank %d: %s", owner, message);
+            continue;
+        }
+        for (int64_t off = 0; off < count; off += INT32_MAX) {
+            int piece = (int)(count - off < INT32_MAX ? count - off : INT32_MAX);
+            TF_MPI_CHECK(MPI_Bcast(params[p] + off, piece, MPI_FLOAT, owner, comm));
+        }
+    }
+    return st;
+}
+
+void fuse_average_buffers(const float *const *buffers, const double *weights, int n, int64_t count,
+                          float *out)
 {
     for (int64_t k = 0; k < count; k++) {
         double s = 0;
@@ -223,9 +269,10 @@ tf_status fuse_average(vit_model *const *models, const double *weights, int n, v
         return tf_error_set(TF_ERR_ARG, "fuse_average: %d models; at most %d", n, FUSE_MAX_AVERAGE);
     for (int p = 0; p < n; p++) {
         if (models[p]->num_params != out->num_params)
-            return tf_error_set(TF_ERR_ARG, "fuse_average: model %d has %lld parameters, the "
-                                "output %lld", p, (long long)models[p]->num_params,
-                                (long long)out->num_params);
+            return tf_error_set(TF_ERR_ARG,
+                                "fuse_average: model %d has %lld parameters, the "
+                                "output %lld",
+                                p, (long long)models[p]->num_params, (long long)out->num_params);
         buffers[p] = models[p]->params;
     }
     fuse_average_buffers(buffers, weights, n, out->num_params, out->params);

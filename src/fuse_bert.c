@@ -211,8 +211,10 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
         maps[p] = fuse_maps_create(views[anchor].cfg.layers);
         if (!stats[p] || !maps[p]) st = TF_ERR_NOMEM;
     }
+    const double t0 = tf_seconds();
     if (st == TF_OK)
         st = bert_accumulate(comm, parents, n_parents, anchor, ids, lengths, n_seqs, stats);
+    if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
 
     /* Step 2: the OT problems, shared with the ViT path. */
     if (st == TF_OK) st = fuse_solve_units(comm, views, n_parents, anchor, stats, opt, maps);

@@ -321,7 +321,7 @@ typedef struct {
     int64_t loss_steps, per_epoch;
     int64_t first_step;  /* steps restored from a checkpoint */
     int64_t timed_steps; /* steps since t_log, which excludes restored ones */
-    double last_loss;   /* mean loss of the last progress line */
+    double last_loss;    /* mean loss of the last progress line */
 } train_progress;
 
 /* Logs the mean loss since the last log line. Collective. Returns TF_ERR_NUMERIC when the
@@ -876,6 +876,8 @@ typedef struct {
     bert_eval_result one_shot, finetuned;
     int has_finetuned;
     double seconds;
+    fuse_timings timings; /* stages of the one-shot fusion on rank 0 */
+    int built;            /* 1: fused in this run, 0: loaded from its file (resume) */
 } bert_method_result;
 
 int runner_fuse_is_bert(MPI_Comm comm, const job_fuse *f)
@@ -970,9 +972,20 @@ static void bert_fusion_release(bert_fusion *fu, int n)
 
 /* Builds one fused model: the weighted average of the parents (vanilla) or of the parents
  * aligned to the anchor with OT maps computed on the calibration sequences. Collective. */
+typedef struct {
+    bert_model **parents;
+    bert_fusion *fu;
+} bert_align_ctx;
+
+static tf_status bert_align_one(int p, void *ctx)
+{
+    bert_align_ctx *c = ctx;
+    return fuse_bert_align_parent(c->parents[p], c->fu->maps[p], c->fu->aligned[p]);
+}
+
 static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method *method,
                               bert_model **parents, const int *calib_ids, const int *calib_lengths,
-                              bert_fusion *fu)
+                              bert_fusion *fu, fuse_timings *timings)
 {
     const int n = f->n_parents;
     tf_status st = bert_model_create(&parents[f->anchor]->cfg, &fu->fused);
@@ -987,23 +1000,35 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
                                     (long long)fu->fused->num_params);
         return fuse_bert_average(parents, f->weights, n, fu->fused);
     }
+    fuse_options opt = method->ot;
+    opt.timings = timings;
     st = fuse_bert_compute_maps(comm, parents, n, f->anchor, calib_ids, calib_lengths,
-                                f->calib_samples, &method->ot, &fu->maps);
+                                f->calib_samples, &opt, &fu->maps);
     if (st != TF_OK) return st;
+
+    /* Each rank aligns its share of the parents and broadcasts them. */
+    double t0 = tf_seconds();
     fu->aligned = tf_calloc((size_t)n, sizeof *fu->aligned);
-    if (!fu->aligned) return TF_ERR_NOMEM;
+    float **params = tf_calloc((size_t)n, sizeof *params);
+    if (!fu->aligned || !params) st = TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n; p++) {
         st = bert_model_create(&parents[f->anchor]->cfg, &fu->aligned[p]);
-        if (st != TF_OK) break;
-        if (p == f->anchor)
-            bert_model_copy(fu->aligned[p], parents[p]);
-        else
-            st = fuse_bert_align_parent(parents[p], fu->maps[p], fu->aligned[p]);
+        if (st == TF_OK) params[p] = fu->aligned[p]->params;
     }
+    bert_align_ctx ctx = {parents, fu};
+    if (st == TF_OK) {
+        bert_model_copy(fu->aligned[f->anchor], parents[f->anchor]);
+        st = fuse_align_shared(comm, n, f->anchor, params, fu->fused->num_params, bert_align_one,
+                               &ctx);
+    }
+    free(params);
     if (st == TF_OK) st = fuse_bert_average(fu->aligned, f->weights, n, fu->fused);
+    double t1 = tf_seconds();
     if (st == TF_OK)
-        st = fuse_bert_repair(comm, fu->fused, fu->aligned, f->weights, n, calib_ids,
-                              calib_lengths, f->calib_samples, method->ot.repair);
+        st = fuse_bert_repair(comm, fu->fused, fu->aligned, f->weights, n, calib_ids, calib_lengths,
+                              f->calib_samples, method->ot.repair);
+    timings->alignment += t1 - t0;
+    timings->repair += tf_seconds() - t1;
     return st;
 }
 
@@ -1187,6 +1212,8 @@ static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval
         add_eval(item, "one_shot_", &results[m].one_shot);
         if (results[m].has_finetuned) add_eval(item, "finetuned_", &results[m].finetuned);
         cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
+        if (results[m].built && f->methods[m].kind == JOB_METHOD_OT)
+            runner_add_timings(item, &results[m].timings);
         cJSON_AddItemToArray(methods, item);
     }
     return root;
@@ -1220,7 +1247,8 @@ static tf_status one_shot(MPI_Comm comm, const job_fuse *f, const job_file *job,
         TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, path);
         st = bert_model_load(comm, path, &fu->fused);
     } else {
-        st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, fu);
+        st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, fu, &r->timings);
+        r->built = st == TF_OK;
     }
     r->seconds = tf_seconds() - t0;
     if (st == TF_OK) st = evaluate(comm, fu->fused, d, &r->one_shot);
@@ -1228,8 +1256,11 @@ static tf_status one_shot(MPI_Comm comm, const job_fuse *f, const job_file *job,
         TF_INFO("fuse %s: %s one-shot: held-out MLM loss %.4f, accuracy %.2f %% (built in "
                 "%.2f s)",
                 f->name, method->name, r->one_shot.loss, 100 * r->one_shot.accuracy, r->seconds);
-    if (st == TF_OK && f->output_dir[0] && !reuse)
+    if (st == TF_OK && f->output_dir[0] && !reuse) {
+        double t_write = tf_seconds();
         st = write_method_file(comm, f, method, parents, fu, vocab_path);
+        r->timings.writing = tf_seconds() - t_write;
+    }
     return st;
 }
 

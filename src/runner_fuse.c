@@ -18,6 +18,8 @@ typedef struct {
     double one_shot, one_shot_loss;
     double finetuned, finetuned_loss; /* < 0: not finetuned */
     double seconds;
+    fuse_timings timings; /* stages of the one-shot fusion on rank 0 */
+    int built;            /* 1: fused in this run, 0: loaded from its file (resume) */
 } method_result;
 
 /* Draws n distinct training images with the calibration seed, the same on every rank, and
@@ -52,12 +54,12 @@ static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const vi
     const int64_t dd[2] = {parent->cfg.d, anchor->cfg.d};
     const int64_t ff[2] = {parent->cfg.mlp, anchor->cfg.mlp};
     tf_status st = TF_OK;
-#define WRITE(label, plan, dims)                                                               \
-    do {                                                                                       \
-        if (st == TF_OK && (plan)) {                                                           \
-            snprintf(name, sizeof name, "maps/parent%d/%s", p, label);                         \
-            st = h5f_write_f64(h5, name, 2, dims, plan);                                       \
-        }                                                                                      \
+#define WRITE(label, plan, dims)                                                                   \
+    do {                                                                                           \
+        if (st == TF_OK && (plan)) {                                                               \
+            snprintf(name, sizeof name, "maps/parent%d/%s", p, label);                             \
+            st = h5f_write_f64(h5, name, 2, dims, plan);                                           \
+        }                                                                                          \
     } while (0)
     WRITE("stream0", maps->stream0, dd);
     WRITE("patch", maps->patch, dd);
@@ -83,12 +85,25 @@ static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const vi
     return st;
 }
 
+typedef struct {
+    vit_model **parents, **aligned;
+    fuse_maps **maps;
+} align_ctx;
+
+static tf_status align_one(int p, void *ctx)
+{
+    align_ctx *c = ctx;
+    return fuse_align_parent(c->parents[p], c->maps[p], c->aligned[p]);
+}
+
 /* Builds one fused model: the weighted average of the parents (vanilla) or of the parents
- * aligned to the anchor with OT. On success *aligned_out holds the aligned parents and
- * *maps_out the maps (both NULL for vanilla), freed by the caller. */
+ * aligned to the anchor with OT, adding the stage times to *timings. On success
+ * *aligned_out holds the aligned parents and *maps_out the maps (both NULL for vanilla),
+ * freed by the caller. */
 static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method *method,
                               vit_model **parents, const float *calib, vit_model *fused,
-                              vit_model ***aligned_out, fuse_maps ***maps_out)
+                              vit_model ***aligned_out, fuse_maps ***maps_out,
+                              fuse_timings *timings)
 {
     const int n = f->n_parents;
     *aligned_out = NULL;
@@ -96,41 +111,53 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     if (method->kind == JOB_METHOD_VANILLA) {
         for (int p = 0; p < n; p++)
             if (parents[p]->num_params != parents[f->anchor]->num_params)
-                return tf_error_set(TF_ERR_ARG, "method %s: vanilla averaging needs parents "
+                return tf_error_set(TF_ERR_ARG,
+                                    "method %s: vanilla averaging needs parents "
                                     "of equal widths; parent %d differs from the anchor",
                                     method->name, p);
         return fuse_average(parents, f->weights, n, fused);
     }
     fuse_maps **maps = NULL;
-    tf_status st = fuse_compute_maps(comm, parents, n, f->anchor, calib, f->calib_samples,
-                                     &method->ot, &maps);
+    fuse_options opt = method->ot;
+    opt.timings = timings;
+    tf_status st =
+        fuse_compute_maps(comm, parents, n, f->anchor, calib, f->calib_samples, &opt, &maps);
     if (st != TF_OK) return st;
+
+    /* Each rank aligns its share of the parents and broadcasts them. */
     double t0 = tf_seconds();
     vit_model **aligned = tf_calloc((size_t)n, sizeof *aligned);
-    if (!aligned) st = TF_ERR_NOMEM;
+    float **params = tf_calloc((size_t)n, sizeof *params);
+    if (!aligned || !params) st = TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n; p++) {
         st = vit_model_create(&parents[f->anchor]->cfg, &aligned[p]);
-        if (st != TF_OK) break;
-        if (p == f->anchor)
-            vit_model_copy(aligned[p], parents[p]);
-        else
-            st = fuse_align_parent(parents[p], maps[p], aligned[p]);
+        if (st == TF_OK) params[p] = aligned[p]->params;
     }
+    /* NOTE: a failure above on one rank only would leave the others waiting in the
+     * broadcasts; the allocations are small next to the statistics that succeeded. */
+    align_ctx ctx = {parents, aligned, maps};
+    if (st == TF_OK) {
+        vit_model_copy(aligned[f->anchor], parents[f->anchor]);
+        st = fuse_align_shared(comm, n, f->anchor, params, aligned[f->anchor]->num_params,
+                               align_one, &ctx);
+    }
+    free(params);
     if (st == TF_OK) st = fuse_average(aligned, f->weights, n, fused);
     double t1 = tf_seconds();
     if (st == TF_OK)
         st = fuse_repair(comm, fused, aligned, f->weights, n, calib, f->calib_samples,
                          method->ot.repair);
-    TF_INFO("fuse timing: alignment and average %.3f s, repair %.3f s", t1 - t0,
-            tf_seconds() - t1);
+    timings->alignment += t1 - t0;
+    timings->repair += tf_seconds() - t1;
+    TF_INFO("fuse timing: alignment and average %.3f s, repair %.3f s", t1 - t0, tf_seconds() - t1);
     *aligned_out = aligned;
     *maps_out = maps;
     return st;
 }
 
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
-                                   vit_model **parents, const vit_model *fused,
-                                   vit_model **aligned, fuse_maps **maps)
+                                   vit_model **parents, const vit_model *fused, vit_model **aligned,
+                                   fuse_maps **maps)
 {
     char path[JOB_PATH_MAX + 80];
     snprintf(path, sizeof path, "%s/%s.h5", f->output_dir, method->name);
@@ -192,8 +219,7 @@ static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
 static tf_status write_report(const job_fuse *f, const double *parent_acc,
                               const method_result *results, int rank);
 
-static void print_table(const job_fuse *f, const double *parent_acc,
-                        const method_result *results)
+static void print_table(const job_fuse *f, const double *parent_acc, const method_result *results)
 {
     char head[64];
     snprintf(head, sizeof head, "after finetune (%lld steps)", (long long)f->finetune.steps);
@@ -242,11 +268,13 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *jo
     } else {
         st = vit_model_create(&parents[f->anchor]->cfg, &fused);
         if (st == TF_OK)
-            st = build_fusion(comm, f, method, parents, calib, fused, &aligned, &maps);
+            st = build_fusion(comm, f, method, parents, calib, fused, &aligned, &maps, &r->timings);
+        r->built = st == TF_OK;
         if (st == TF_OK && have_dir) {
             double t_write = tf_seconds();
             st = write_method_file(comm, f, method, parents, fused, aligned, maps);
-            TF_INFO("fuse timing: writing %.3f s", tf_seconds() - t_write);
+            r->timings.writing = tf_seconds() - t_write;
+            TF_INFO("fuse timing: writing %.3f s", r->timings.writing);
         }
     }
     r->seconds = tf_seconds() - t0;
@@ -297,12 +325,15 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
 
     /* Step 1: parents, data and calibration images. */
     double t_load = tf_seconds();
-    for (int p = 0; st == TF_OK && p < n; p++) st = vit_model_load(comm, f->parents[p], &parents[p]);
+    for (int p = 0; st == TF_OK && p < n; p++)
+        st = vit_model_load(comm, f->parents[p], &parents[p]);
     if (st == TF_OK) TF_INFO("fuse timing: loading parents %.3f s", tf_seconds() - t_load);
     if (st == TF_OK) st = runner_load_data(&f->data, &train, &test);
     if (st == TF_OK && f->calib_samples > train->count)
-        st = tf_error_set(TF_ERR_ARG, "calibration_samples = %lld exceeds the %lld training "
-                          "images", (long long)f->calib_samples, (long long)train->count);
+        st = tf_error_set(TF_ERR_ARG,
+                          "calibration_samples = %lld exceeds the %lld training "
+                          "images",
+                          (long long)f->calib_samples, (long long)train->count);
     if (st == TF_OK && !(calib = calibration_images(train, f->calib_samples, f->calib_seed)))
         st = TF_ERR_NOMEM;
 
@@ -336,6 +367,28 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
     return st;
 }
 
+int runner_add_timings(cJSON *item, const fuse_timings *t)
+{
+    cJSON *o = cJSON_AddObjectToObject(item, "timings");
+    if (!o) return 0;
+    const struct {
+        const char *name;
+        double value;
+    } stages[] = {{"statistics", t->statistics},
+                  {"forward", t->forward},
+                  {"statistics_sums", t->sums},
+                  {"reduction", t->reduction},
+                  {"ot_groups", t->ot_groups},
+                  {"ot_local", t->ot_local},
+                  {"ot_broadcast", t->ot_broadcast},
+                  {"alignment", t->alignment},
+                  {"repair", t->repair},
+                  {"writing", t->writing}};
+    for (size_t k = 0; k < sizeof stages / sizeof *stages; k++)
+        if (!cJSON_AddNumberToObject(o, stages[k].name, stages[k].value)) return 0;
+    return 1;
+}
+
 tf_status runner_write_report(const job_fuse *f, const char *text)
 {
     char tmp[JOB_PATH_MAX + 16];
@@ -353,8 +406,8 @@ tf_status runner_write_report(const job_fuse *f, const char *text)
     return TF_OK;
 }
 
-static const char *const residual_names[] = {"joint", "mean", "weighted", "skip", "branch",
-                                             "identity"};
+static const char *const residual_names[] = {"joint", "mean",   "weighted",
+                                             "skip",  "branch", "identity"};
 
 static tf_status write_report(const job_fuse *f, const double *parent_acc,
                               const method_result *results, int rank)
@@ -382,13 +435,15 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
         if (jm->kind == JOB_METHOD_OT) {
             cJSON_AddStringToObject(item, "solver",
                                     jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
-            if (jm->ot.solver == FUSE_SOLVER_SINKHORN || jm->ot.solver_attn == FUSE_SOLVER_SINKHORN ||
+            if (jm->ot.solver == FUSE_SOLVER_SINKHORN ||
+                jm->ot.solver_attn == FUSE_SOLVER_SINKHORN ||
                 jm->ot.solver_mlp == FUSE_SOLVER_SINKHORN ||
                 jm->ot.solver_stream == FUSE_SOLVER_SINKHORN)
                 cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
             cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
-            cJSON_AddStringToObject(item, "attention", jm->ot.attention == FUSE_ATTN_HEAD_AWARE
-                                                           ? "head_aware" : "shared_qk");
+            cJSON_AddStringToObject(item, "attention",
+                                    jm->ot.attention == FUSE_ATTN_HEAD_AWARE ? "head_aware"
+                                                                             : "shared_qk");
         }
         cJSON_AddNumberToObject(item, "one_shot_accuracy", results[m].one_shot);
         cJSON_AddNumberToObject(item, "one_shot_loss", results[m].one_shot_loss);
@@ -397,6 +452,8 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
             cJSON_AddNumberToObject(item, "finetuned_loss", results[m].finetuned_loss);
         }
         cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
+        if (results[m].built && jm->kind == JOB_METHOD_OT)
+            runner_add_timings(item, &results[m].timings);
         cJSON_AddItemToArray(methods, item);
     }
     char *text = cJSON_Print(root);

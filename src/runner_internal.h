@@ -5,6 +5,7 @@
 #include "tfuse/data.h"
 #include "tfuse/job.h"
 
+struct cJSON;
 int runner_file_exists(const char *path);
 /* Creates the directories above path (like mkdir -p) and checks the last is writable. */
 tf_status runner_make_parent_dirs(const char *path);
@@ -14,6 +15,9 @@ tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_
 /* Writes a fuse task's JSON report text to f->report through a temporary file and a
  * rename. Called on rank 0 only. */
 tf_status runner_write_report(const job_fuse *f, const char *text);
+/* Adds to a method's report item the object "timings" with the seconds of each stage of
+ * its fusion on rank 0 (OT stages: maxima over the ranks). Returns 0 if out of memory. */
+int runner_add_timings(struct cJSON *item, const struct fuse_timings *t);
 
 /* Runs a fuse task of job; with job->resume, methods whose output files exist are loaded
  * from them instead of being rebuilt and finetuned again, and a finetune continues from its

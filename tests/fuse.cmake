@@ -8,3 +8,6 @@ tfuse_add_test_exe(test_vit_soft test_vit_soft.c)
 tfuse_add_mpi_test(NAME vit_soft_targets TARGET test_vit_soft RANKS 1)
 tfuse_add_test_exe(test_fuse_bert test_fuse_bert.c)
 tfuse_add_mpi_test(NAME fuse_bert TARGET test_fuse_bert RANKS 1 2 4)
+
+tfuse_add_test_exe(test_align_shared test_align_shared.c)
+tfuse_add_mpi_test(NAME align_shared TARGET test_align_shared RANKS 1 2 3 4)

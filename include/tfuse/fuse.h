@@ -44,8 +44,8 @@ enum fuse_norm { FUSE_NORM_MAX, FUSE_NORM_MEAN, FUSE_NORM_MEDIAN, FUSE_NORM_NONE
 
 /* Attention alignment. */
 enum fuse_attention {
-    FUSE_ATTN_SHARED_QK,  /* Q and K share one map from their concatenated features; V own map */
-    FUSE_ATTN_HEAD_AWARE  /* a permutation of heads, then maps within each head */
+    FUSE_ATTN_SHARED_QK, /* Q and K share one map from their concatenated features; V own map */
+    FUSE_ATTN_HEAD_AWARE /* a permutation of heads, then maps within each head */
 };
 
 /* Activations that describe a residual stream dimension for the joint map. */
@@ -58,35 +58,51 @@ enum fuse_stream_features {
 /* Statistics repair after averaging (see fuse_repair). */
 enum fuse_repair {
     FUSE_REPAIR_NONE,
-    FUSE_REPAIR_MLP, /* MLP hidden neurons */
-    FUSE_REPAIR_ALL, /* Q, K, V and MLP hidden neurons */
+    FUSE_REPAIR_MLP,   /* MLP hidden neurons */
+    FUSE_REPAIR_ALL,   /* Q, K, V and MLP hidden neurons */
     FUSE_REPAIR_STREAM /* also the attention and MLP branch outputs into the stream */
 };
 
 typedef struct {
     enum fuse_cost cost;
-    enum fuse_solver solver;       /* default solver */
-    double epsilon;                /* Sinkhorn regularizer on the normalized cost */
-    enum fuse_solver solver_attn;  /* solver for Q/K and V maps */
-    enum fuse_solver solver_mlp;   /* solver for MLP hidden maps */
-    enum fuse_solver solver_stream;/* solver for residual stream maps */
+    enum fuse_solver solver;        /* default solver */
+    double epsilon;                 /* Sinkhorn regularizer on the normalized cost */
+    enum fuse_solver solver_attn;   /* solver for Q/K and V maps */
+    enum fuse_solver solver_mlp;    /* solver for MLP hidden maps */
+    enum fuse_solver solver_stream; /* solver for residual stream maps */
     enum fuse_residual residual;
     enum fuse_attention attention;
     enum fuse_tokens tokens;
-    int window;                    /* side k of the central k x k patch window (FUSE_TOKENS_WINDOW) */
-    int zscore;                    /* 1: z-score each neuron's activations over the samples */
+    int window; /* side k of the central k x k patch window (FUSE_TOKENS_WINDOW) */
+    int zscore; /* 1: z-score each neuron's activations over the samples */
     enum fuse_distance distance;
     enum fuse_norm norm;
-    enum fuse_repair repair;       /* applied to the fused model after averaging */
+    enum fuse_repair repair;                   /* applied to the fused model after averaging */
     enum fuse_stream_features stream_features; /* features of the joint stream map */
-    int64_t ot_dist_threshold; /* Sinkhorn problems with n * m >= this are solved by all ranks
-                                  of a process group together with ot_sinkhorn_solve_auto;
-                                  0: never. Such plans match the 1-rank ones only up to the
-                                  Sinkhorn tolerance */
-    int ot_group_ranks;        /* ranks per process group that solves units with such a problem
-                                  (consecutive ranks, split with MPI_Comm_split); 0 or more than
-                                  the rank count: one group of all ranks */
+    int64_t ot_dist_threshold;    /* Sinkhorn problems with n * m >= this are solved by all ranks
+                                     of a process group together with ot_sinkhorn_solve_auto;
+                                     0: never. Such plans match the 1-rank ones only up to the
+                                     Sinkhorn tolerance */
+    int ot_group_ranks;           /* ranks per process group that solves units with such a problem
+                                     (consecutive ranks, split with MPI_Comm_split); 0 or more than
+                                     the rank count: one group of all ranks */
+    struct fuse_timings *timings; /* if not NULL, receives the seconds of each stage */
 } fuse_options;
+
+/* Seconds of the stages of one fusion on the calling rank; OT times are maxima over the
+ * ranks. The fusion functions add to the fields, so zero the struct first. */
+typedef struct fuse_timings {
+    double statistics;   /* calibration statistics, in all */
+    double forward;      /* forward passes of the calibration chunks on this rank */
+    double sums;         /* statistics sums of those chunks */
+    double reduction;    /* waiting and the tree reduction of the statistics */
+    double ot_groups;    /* OT units solved by process groups (max over ranks) */
+    double ot_local;     /* OT units solved by single ranks (max over ranks) */
+    double ot_broadcast; /* broadcast of the plans */
+    double alignment;    /* aligning the parents and averaging them */
+    double repair;       /* statistics repair of the fused model */
+    double writing;      /* writing the fused model, aligned parents and maps */
+} fuse_timings;
 
 /* Defaults: exact OT, joint residual map, shared Q/K, all tokens, z-scored Euclidean
  * distance divided by its maximum, epsilon 0.08. */
@@ -99,34 +115,34 @@ typedef struct fuse_stats fuse_stats;
  * parent's and m the anchor's width. */
 typedef struct {
     int layers;
-    double *stream0;    /* (d_p, d_a) stream map after the embedding */
-    double *patch;      /* (d_p, d_a) patch embedding map (per-join policies), else NULL */
-    double *pos;        /* (d_p, d_a) position embedding map (per-join policies), else NULL */
-    double **attn_out;  /* [L] (d_p, d_a) attention output map (per-join policies) */
-    double **stream1;   /* [L] (d_p, d_a) stream map after the attention join */
-    double **mlp_out;   /* [L] (d_p, d_a) MLP output map (per-join policies) */
-    double **stream2;   /* [L] (d_p, d_a) stream map after the MLP join */
-    double **qk;        /* [L] (d_p, d_a) shared Q/K map */
-    double **v;         /* [L] (d_p, d_a) V map */
-    double **fc1;       /* [L] (f_p, f_a) MLP hidden map */
+    double *stream0;   /* (d_p, d_a) stream map after the embedding */
+    double *patch;     /* (d_p, d_a) patch embedding map (per-join policies), else NULL */
+    double *pos;       /* (d_p, d_a) position embedding map (per-join policies), else NULL */
+    double **attn_out; /* [L] (d_p, d_a) attention output map (per-join policies) */
+    double **stream1;  /* [L] (d_p, d_a) stream map after the attention join */
+    double **mlp_out;  /* [L] (d_p, d_a) MLP output map (per-join policies) */
+    double **stream2;  /* [L] (d_p, d_a) stream map after the MLP join */
+    double **qk;       /* [L] (d_p, d_a) shared Q/K map */
+    double **v;        /* [L] (d_p, d_a) V map */
+    double **fc1;      /* [L] (f_p, f_a) MLP hidden map */
 } fuse_maps;
 
 void fuse_maps_free(fuse_maps **maps);
 
 /* Groups of neurons that transport maps act on, named as a tensor axis refers to them. */
 enum fuse_group {
-    FUSE_GROUP_NONE = -1,  /* not aligned (raw inputs, classes, tokens) */
-    FUSE_GROUP_STREAM0,    /* stream after the embedding */
-    FUSE_GROUP_EMBED,      /* output of the patch or token embedding */
-    FUSE_GROUP_POS,        /* position embedding dimensions */
-    FUSE_GROUP_QK,         /* shared Q/K dimensions of a layer */
-    FUSE_GROUP_V,          /* V dimensions of a layer */
-    FUSE_GROUP_ATTN_OUT,   /* attention branch output of a layer */
-    FUSE_GROUP_STREAM1,    /* stream after a layer's attention join */
-    FUSE_GROUP_FC1,        /* MLP hidden neurons of a layer */
-    FUSE_GROUP_MLP_OUT,    /* MLP branch output of a layer */
-    FUSE_GROUP_STREAM2,    /* stream after a layer's MLP join */
-    FUSE_GROUP_STREAM_IN,  /* stream entering a layer: STREAM0 or the previous STREAM2 */
+    FUSE_GROUP_NONE = -1,   /* not aligned (raw inputs, classes, tokens) */
+    FUSE_GROUP_STREAM0,     /* stream after the embedding */
+    FUSE_GROUP_EMBED,       /* output of the patch or token embedding */
+    FUSE_GROUP_POS,         /* position embedding dimensions */
+    FUSE_GROUP_QK,          /* shared Q/K dimensions of a layer */
+    FUSE_GROUP_V,           /* V dimensions of a layer */
+    FUSE_GROUP_ATTN_OUT,    /* attention branch output of a layer */
+    FUSE_GROUP_STREAM1,     /* stream after a layer's attention join */
+    FUSE_GROUP_FC1,         /* MLP hidden neurons of a layer */
+    FUSE_GROUP_MLP_OUT,     /* MLP branch output of a layer */
+    FUSE_GROUP_STREAM2,     /* stream after a layer's MLP join */
+    FUSE_GROUP_STREAM_IN,   /* stream entering a layer: STREAM0 or the previous STREAM2 */
     FUSE_GROUP_STREAM_FINAL /* stream after the last layer */
 };
 
@@ -171,18 +187,24 @@ static inline int fuse_vit_entry_count(const vit_config *c)
  * Returns, for each parent p != anchor, maps[p] (maps[anchor] is NULL).
  * images: (S, channels, H, W) normalized calibration images, replicated on all ranks.
  * Caller frees each map with fuse_maps_free and the array with free. */
-tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
-                            int anchor, const float *images, int64_t n_images,
-                            const fuse_options *opt, fuse_maps ***maps_out);
+tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents, int anchor,
+                            const float *images, int64_t n_images, const fuse_options *opt,
+                            fuse_maps ***maps_out);
 
 /* Moves the parameters of `parent` into the anchor's basis with maps, writing them into
  * `aligned`, which has the anchor's configuration. Not collective. */
-tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps,
-                            vit_model *aligned);
+tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_model *aligned);
+
+/* Collective on comm. Fills aligned[p] for every parent p != anchor. The k-th of those
+ * parents goes to rank k mod size, which calls align(p, ctx) to fill params[p] (count
+ * floats); the owner then broadcasts them with its status and message, so every rank
+ * returns all aligned parameters, bitwise the same as aligning every parent locally, and
+ * the same status. */
+tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *const *params,
+                            int64_t count, tf_status (*align)(int p, void *ctx), void *ctx);
 
 /* out = sum_p weights[p] * models[p], all with the same configuration. */
-tf_status fuse_average(vit_model *const *models, const double *weights, int n,
-                       vit_model *out);
+tf_status fuse_average(vit_model *const *models, const double *weights, int n, vit_model *out);
 
 /* Collective on comm. Rescales the incoming weights and biases of the fused model's Q, K,
  * V (FUSE_REPAIR_ALL) and MLP hidden neurons, layer by layer, so that each neuron's mean

@@ -77,6 +77,22 @@ for m in report["methods"]:
             check(abs(plan.sum() - 1) < 1e-9, f"{m['name']} fc1 plan mass {plan.sum()}")
             check("aligned/parent1/params/fc1_w" in f, f"{m['name']}.h5 has the aligned parent")
 first = json.load(open(os.path.join(work, "report-first.json")))
+stages = ["statistics", "forward", "statistics_sums", "reduction", "ot_groups", "ot_local",
+          "ot_broadcast", "alignment", "repair", "writing"]
+for m in first["methods"]:
+    t = m.get("timings")
+    if m["name"] == "vanilla":
+        check(t is None, "vanilla has no stage timings")
+        continue
+    check(t is not None and sorted(t) == sorted(stages), f"{m['name']} stage timings: {t}")
+    if t is not None:
+        check(all(v >= 0 for v in t.values()), f"{m['name']} timings are not negative: {t}")
+        check(t["ot_local"] > 0 and t["alignment"] > 0 and t["writing"] > 0,
+              f"{m['name']} OT, alignment and writing took time: {t}")
+        weights = m["name"] == "weights-headaware"
+        check((t["statistics"] > 0) != weights, f"{m['name']} statistics time: {t}")
+for m in report["methods"]:
+    check("timings" not in m, f"{m['name']} loaded on resume reports no stage timings")
 check(first["methods"] == report["methods"] or
       [m["one_shot_accuracy"] for m in first["methods"]] ==
       [m["one_shot_accuracy"] for m in report["methods"]], "resumed run reports the same one-shot accuracies")
