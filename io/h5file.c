@@ -329,8 +329,8 @@ tf_status h5f_open(MPI_Comm comm, const char *path, h5f_file **out)
         return status != TF_OK ? status : TF_ERR_NOMEM;
     }
 
-    /* Rank 0 checks the file. It parses a file for the first time in a probe child, so
-     * that a corrupt file that crashes or hangs HDF5 fails with a message instead. */
+    /* Rank 0 checks the file. It parses a file for the first time in a probe child, so a
+     * corrupt file that crashes or hangs HDF5 fails with a message instead. */
     if (f->rank == 0) status = h5f_check_source(path);
     if (status == TF_OK && f->rank == 0 && probe_enabled() && !probe_is_trusted(path))
         status = h5f_probe(path);
@@ -854,8 +854,8 @@ typedef struct {
     tf_status status;
 } h5f_scan_state;
 
-/* Records the first failure of a scan with HDF5's error text; returns -1 to stop the
- * iteration. Unlike h5f_fail it makes no MPI call, so a probe child may call it. */
+/* Records the first failure of a scan with HDF5's error text and returns -1, which stops
+ * the iteration. Unlike h5f_fail it makes no MPI call, so a probe child may call it. */
 static herr_t h5f_scan_fail(h5f_scan_state *scan, const char *what, const char *object)
 {
     h5f_error_text text = {.used = 0, .entries = 0};
@@ -879,7 +879,8 @@ static herr_t h5f_scan_string(hid_t attr, hid_t type, hssize_t points)
     hid_t mem = H5Tcopy(H5T_C_S1);
     htri_t variable = H5Tis_variable_str(type);
     size_t size = variable > 0 ? sizeof(char *) : H5Tget_size(type) + 1;
-    void *buf = size > 0 ? calloc((size_t)(points > 0 ? points : 1), size) : NULL;
+    size_t count = points > 0 ? (size_t)points : 1;
+    void *buf = calloc(count, size);
     herr_t result = -1;
     if (mem >= 0 && variable >= 0 && buf && H5Tset_cset(mem, H5Tget_cset(type)) >= 0 &&
         H5Tset_size(mem, variable > 0 ? H5T_VARIABLE : size) >= 0) {
@@ -894,8 +895,8 @@ static herr_t h5f_scan_string(hid_t attr, hid_t type, hssize_t points)
     return result;
 }
 
-/* Reads every element of one attribute (H5Aiterate2 callback); strings as the readers do,
- * other types converted to their native type. */
+/* Reads every element of one attribute (H5Aiterate2 callback). Strings are read as the
+ * readers read them, other types converted to their native type. */
 static herr_t h5f_scan_attr(hid_t object, const char *name, const H5A_info_t *info, void *data)
 {
     h5f_scan_state *scan = data;
@@ -910,7 +911,8 @@ static herr_t h5f_scan_attr(hid_t object, const char *name, const H5A_info_t *in
     } else if (type >= 0 && points >= 0) {
         hid_t mem = H5Tget_native_type(type, H5T_DIR_DEFAULT);
         size_t size = mem >= 0 ? H5Tget_size(mem) : 0;
-        void *buf = size > 0 ? calloc((size_t)(points > 0 ? points : 1), size) : NULL;
+        size_t count = points > 0 ? (size_t)points : 1;
+        void *buf = size > 0 ? calloc(count, size) : NULL;
         if (buf) result = H5Aread(attr, mem, buf);
         if (result >= 0) H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf);
         free(buf);

@@ -172,6 +172,7 @@ static void probe_send(uint32_t kind, const void *a, size_t a_bytes, const void 
                        const char *text)
 {
     size_t text_bytes = text ? strlen(text) : 0;
+    if (text_bytes >= PROBE_MESSAGE_BYTES) text_bytes = PROBE_MESSAGE_BYTES - 1;
     probe_header head = {kind, (uint32_t)(a_bytes + b_bytes + text_bytes)};
     unsigned char record[sizeof head + 4 + PROBE_MAX_OUT + PROBE_MESSAGE_BYTES];
     size_t used = 0;
@@ -350,12 +351,13 @@ static tf_status probe_failure(const char *path, const char *kind, const probe_l
         return tf_error_set(TF_ERR_FORMAT,
                             "%s '%s': HDF5 crashed (signal %d, %s) while %s; the file is corrupt",
                             kind, path, WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)), where);
+    char how[64] = "an unknown exit status"; /* when another waitpid collected the child */
+    if (wstatus != -1) snprintf(how, sizeof how, "exit status %d", WEXITSTATUS(wstatus));
     return tf_error_set(TF_ERR_FORMAT,
-                        "%s '%s': the probe process ended with exit status %d and no result "
-                        "while %s; the file is corrupt, or reading it needs more than %zu MiB "
+                        "%s '%s': the probe process ended with %s and no result while %s; the "
+                        "file is corrupt, or reading it needs more than %zu MiB "
                         "(TFUSE_PROBE_MEMORY_MB raises the limit)",
-                        kind, path, wstatus == -1 ? -1 : WEXITSTATUS(wstatus), where,
-                        limits->memory_bytes >> 20);
+                        kind, path, how, where, limits->memory_bytes >> 20);
 }
 
 /* Forks the child and collects its end. Returns TF_OK with *reply and *wstatus filled, or

@@ -1,6 +1,6 @@
-/* Probes: the first parse of an input file runs in a forked child process, so that a file
- * that crashes or hangs the parser (HDF5 1.10's decoder fails this way on some corrupt
- * files) ends in an error message instead of killing the MPI job.
+/* Probes: the first parse of an input file runs in a forked child process. HDF5 1.10's
+ * decoder crashes or hangs on some corrupt files, and in a child such a file ends in an
+ * error message instead of killing the MPI job.
  *
  * The child must not call MPI. It runs the probe function, sends its status, message and
  * result through a pipe and ends with _exit. The parent waits with a time limit and turns
@@ -38,8 +38,8 @@ void probe_limits_for_file(const char *path, probe_limits *limits);
 int probe_enabled(void);
 
 /* Runs fn(path, out) in a forked child with the limits of probe_limits_for_file. `kind`
- * names the file in messages ("model file"), `stage` says what the child does ("reading
- * the file's metadata"). Not collective, and the caller's communicators are untouched.
+ * names the file in messages ("model file"), and `stage` describes what the child does
+ * ("reading the file's metadata"). Not collective, and the caller's communicators are untouched.
  * Returns the child's status and message; on TF_OK, out receives the child's out_bytes
  * and the file is recorded as trusted (probe_is_trusted). A child that is killed by a
  * signal, exceeds the time limit or exits without a result gives TF_ERR_FORMAT with a
@@ -50,11 +50,11 @@ tf_status probe_run(const char *path, const char *kind, const char *stage, probe
                     size_t out_bytes);
 
 /* Reports what the probe child is doing now (printf format), so that a crash message can
- * name it, e.g. "reading attribute 'format' of '/'". Does nothing outside a probe child. */
+ * name it, e.g. "reading attribute 'format'". Does nothing outside a probe child. */
 void probe_stage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Records that this process has parsed the file at path without failure (a probe accepted
- * it, or this process wrote it). The record holds the device, inode, size and modification
+ * it, or this process wrote it). The record stores the device, inode, size and modification
  * time, so a file replaced or changed afterwards is no longer trusted. */
 void probe_trust(const char *path);
 

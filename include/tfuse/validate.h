@@ -27,16 +27,16 @@ typedef struct {
 tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t limit,
                             validate_idx_info *info);
 
-/* Checks a model file: that it is an HDF5 file, the root attributes (format
- * "tfuse-model", format_version 1, architecture "vit", the vit_config fields, a valid
- * configuration), and that every /params dataset exists, is floating point and has the
+/* Checks a model file. It must be an HDF5 file with the root attributes of a tfuse model
+ * (format "tfuse-model", format_version 1, architecture "vit", the vit_config fields) and
+ * a valid configuration. Every /params dataset must exist, be floating point and have the
  * shape the configuration implies. The checks run in a probe child (include/tfuse/probe.h),
- * which then reads every attribute and dataset with h5f_scan, so a file that crashes or
- * hangs HDF5 fails here and the file is trusted by the later h5f_open. The values are not
- * checked, so NaN and infinite weights are found only when the model is loaded. On success
- * *cfg receives the configuration. Returns TF_ERR_IO when the file is missing or
- * unreadable, TF_ERR_FORMAT for malformed contents or a failed probe, and TF_ERR_ARG for an
- * invalid configuration, naming the file. */
+ * which then reads every attribute and dataset with h5f_scan. So a file that crashes or
+ * hangs HDF5 fails here, and an accepted file is trusted by the later h5f_open. The values
+ * are not checked, so NaN and infinite weights are found only when the model is loaded.
+ * On success *cfg receives the configuration. Returns TF_ERR_IO when the file is missing
+ * or unreadable, TF_ERR_FORMAT for malformed contents or a failed probe, and TF_ERR_ARG
+ * for an invalid configuration, naming the file. */
 tf_status validate_model_file(const char *path, vit_config *cfg);
 
 #endif

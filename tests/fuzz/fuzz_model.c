@@ -1,7 +1,9 @@
 /* libFuzzer target: the model file reader (vit_model_load on MPI_COMM_SELF) and the model
  * checks of job validation (validate_model_file) on the same file. A file that loads must
  * pass validation, both must agree on the configuration, and neither may leave an HDF5
- * object open. */
+ * object open. Probes are switched off (TFUSE_PROBE=off), so that both readers run in
+ * this process, where the sanitizers and libFuzzer see them; fuzz_model_path.c fuzzes the
+ * path with probes. */
 #include "fuzz_common.h"
 #include "tfuse/validate.h"
 #include "tfuse/vit_io.h"
@@ -16,6 +18,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     MPI_Init(argc, argv);
     tf_log_set_level(TF_LOG_ERROR);
+    setenv("TFUSE_PROBE", "off", 1);
     return 0;
 }
 
