@@ -378,6 +378,64 @@ static tf_status parse_train(const parse_ctx *ctx, const cJSON *obj, const char 
     return TF_OK;
 }
 
+/* Names of the method choices in job files, indexed by the enum values. */
+static const char *const kinds[] = {"vanilla", "ot", NULL};
+static const char *const solvers[] = {"exact", "sinkhorn", NULL};
+static const char *const costs[] = {"activation", "weight", NULL};
+static const char *const residuals[] = {"joint",  "mean",     "weighted", "skip",
+                                        "branch", "identity", NULL};
+static const char *const attentions[] = {"shared_qk", "head_aware", NULL};
+static const char *const tokens[] = {"all", "cls", "window", NULL};
+static const char *const distances[] = {"euclidean", "sqeuclidean", "cosine", NULL};
+static const char *const norms[] = {"max", "mean", "median", "none", NULL};
+static const char *const stream_features[] = {"residual", "normalized", "both", NULL};
+static const char *const repairs[] = {"none", "mlp", "all", "stream", NULL};
+
+cJSON *job_method_json(const job_method *m)
+{
+    const fuse_options *o = &m->ot;
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return NULL;
+    int ok = cJSON_AddStringToObject(j, "name", m->name) != NULL &&
+             cJSON_AddStringToObject(j, "method", kinds[m->kind == JOB_METHOD_OT]) != NULL;
+    if (m->kind == JOB_METHOD_OT) {
+        ok = ok && cJSON_AddStringToObject(j, "cost", costs[o->cost]) &&
+             cJSON_AddStringToObject(j, "solver", solvers[o->solver]) &&
+             cJSON_AddNumberToObject(j, "epsilon", o->epsilon) &&
+             cJSON_AddStringToObject(j, "solver_attention", solvers[o->solver_attn]) &&
+             cJSON_AddStringToObject(j, "solver_mlp", solvers[o->solver_mlp]) &&
+             cJSON_AddStringToObject(j, "solver_stream", solvers[o->solver_stream]) &&
+             cJSON_AddStringToObject(j, "residual", residuals[o->residual]) &&
+             cJSON_AddStringToObject(j, "attention", attentions[o->attention]) &&
+             cJSON_AddStringToObject(j, "tokens", tokens[o->tokens]) &&
+             cJSON_AddNumberToObject(j, "window", o->window) &&
+             cJSON_AddBoolToObject(j, "zscore", o->zscore) &&
+             cJSON_AddStringToObject(j, "distance", distances[o->distance]) &&
+             cJSON_AddStringToObject(j, "normalize", norms[o->norm]) &&
+             cJSON_AddStringToObject(j, "repair", repairs[o->repair]) &&
+             cJSON_AddStringToObject(j, "stream_features", stream_features[o->stream_features]) &&
+             cJSON_AddNumberToObject(j, "ot_distributed_threshold", (double)o->ot_dist_threshold) &&
+             cJSON_AddNumberToObject(j, "ot_group_ranks", o->ot_group_ranks);
+    }
+    if (!ok) cJSON_Delete(j);
+    return ok ? j : NULL;
+}
+
+cJSON *job_finetune_json(const job_finetune *f)
+{
+    cJSON *j = cJSON_CreateObject();
+    int ok = j && cJSON_AddNumberToObject(j, "steps", (double)f->steps) &&
+             cJSON_AddNumberToObject(j, "lr", f->lr) &&
+             cJSON_AddNumberToObject(j, "min_lr", f->min_lr) &&
+             cJSON_AddNumberToObject(j, "weight_decay", f->weight_decay) &&
+             cJSON_AddNumberToObject(j, "warmup_steps", (double)f->warmup_steps) &&
+             cJSON_AddNumberToObject(j, "batch_size", f->batch_size) &&
+             cJSON_AddNumberToObject(j, "seed", (double)f->seed) &&
+             cJSON_AddNumberToObject(j, "distill", f->distill);
+    if (!ok) cJSON_Delete(j);
+    return ok ? j : NULL;
+}
+
 static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char *path,
                               job_method *m)
 {
@@ -388,17 +446,6 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
                                        "zscore",     "distance",        "normalize",
                                        "repair",     "stream_features", "ot_distributed_threshold",
                                        "ot_group_ranks", NULL};
-    static const char *const kinds[] = {"vanilla", "ot", NULL};
-    static const char *const solvers[] = {"exact", "sinkhorn", NULL};
-    static const char *const costs[] = {"activation", "weight", NULL};
-    static const char *const residuals[] = {"joint",  "mean",     "weighted", "skip",
-                                            "branch", "identity", NULL};
-    static const char *const attentions[] = {"shared_qk", "head_aware", NULL};
-    static const char *const tokens[] = {"all", "cls", "window", NULL};
-    static const char *const distances[] = {"euclidean", "sqeuclidean", "cosine", NULL};
-    static const char *const norms[] = {"max", "mean", "median", "none", NULL};
-    static const char *const stream_features[] = {"residual", "normalized", "both", NULL};
-    static const char *const repairs[] = {"none", "mlp", "all", "stream", NULL};
     fuse_options *o = &m->ot;
     *o = fuse_options_default();
     int kind = 0, v = 0;

@@ -127,4 +127,11 @@ tf_status job_file_load(const char *path, job_file **out);
 tf_status job_file_parse(const char *text, const char *path, job_file **out);
 void job_file_free(job_file **job);
 
+/* The method's settings with every default filled in, as a JSON object with the keys of
+ * a job file's method (cJSON; the caller deletes it), or NULL if out of memory. For
+ * reports and model files, so that every output records how it was made. */
+struct cJSON *job_method_json(const job_method *m);
+/* The same for a fuse task's finetune settings. */
+struct cJSON *job_finetune_json(const job_finetune *f);
+
 #endif
