@@ -1065,6 +1065,18 @@ static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const be
     return st;
 }
 
+/* Writes the method's resolved settings as JSON text to the attribute fusion_config. */
+static tf_status set_config_attr(h5f_file *h5, const job_method *method)
+{
+    cJSON *config = job_method_json(method);
+    char *text = config ? cJSON_PrintUnformatted(config) : NULL;
+    cJSON_Delete(config);
+    if (!text) return TF_ERR_NOMEM;
+    tf_status st = h5f_set_attr_string(h5, "/", "fusion_config", text);
+    free(text);
+    return st;
+}
+
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
                                    bert_model **parents, const bert_fusion *fu,
                                    const char *vocab_path)
@@ -1077,6 +1089,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     st = bert_model_write(fu->fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
+    if (st == TF_OK) st = set_config_attr(h5, method);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];
@@ -1194,6 +1207,8 @@ static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval
     cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
     cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
     cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
+    if (f->finetune.steps > 0)
+        cJSON_AddItemToObject(root, "finetune", job_finetune_json(&f->finetune));
     cJSON *methods = cJSON_AddArrayToObject(root, "methods");
     for (int m = 0; m < f->n_methods; m++) {
         const job_method *jm = &f->methods[m];
@@ -1212,6 +1227,8 @@ static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval
         add_eval(item, "one_shot_", &results[m].one_shot);
         if (results[m].has_finetuned) add_eval(item, "finetuned_", &results[m].finetuned);
         cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
+        cJSON_AddBoolToObject(item, "resumed", !results[m].built);
+        cJSON_AddItemToObject(item, "config", job_method_json(jm));
         if (results[m].built && f->methods[m].kind == JOB_METHOD_OT)
             runner_add_timings(item, &results[m].timings);
         cJSON_AddItemToArray(methods, item);
@@ -1253,9 +1270,9 @@ static tf_status one_shot(MPI_Comm comm, const job_fuse *f, const job_file *job,
     r->seconds = tf_seconds() - t0;
     if (st == TF_OK) st = evaluate(comm, fu->fused, d, &r->one_shot);
     if (st == TF_OK)
-        TF_INFO("fuse %s: %s one-shot: held-out MLM loss %.4f, accuracy %.2f %% (built in "
-                "%.2f s)",
-                f->name, method->name, r->one_shot.loss, 100 * r->one_shot.accuracy, r->seconds);
+        TF_INFO("fuse %s: %s one-shot: held-out MLM loss %.4f, accuracy %.2f %% (%s in %.2f s)",
+                f->name, method->name, r->one_shot.loss, 100 * r->one_shot.accuracy,
+                r->built ? "built" : "loaded", r->seconds);
     if (st == TF_OK && f->output_dir[0] && !reuse) {
         double t_write = tf_seconds();
         st = write_method_file(comm, f, method, parents, fu, vocab_path);

@@ -155,6 +155,18 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     return st;
 }
 
+/* Writes the method's resolved settings as JSON text to the attribute fusion_config. */
+static tf_status set_config_attr(h5f_file *h5, const job_method *method)
+{
+    cJSON *config = job_method_json(method);
+    char *text = config ? cJSON_PrintUnformatted(config) : NULL;
+    cJSON_Delete(config);
+    if (!text) return TF_ERR_NOMEM;
+    tf_status st = h5f_set_attr_string(h5, "/", "fusion_config", text);
+    free(text);
+    return st;
+}
+
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
                                    vit_model **parents, const vit_model *fused, vit_model **aligned,
                                    fuse_maps **maps)
@@ -166,6 +178,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     if (st != TF_OK) return st;
     st = vit_model_write(fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
+    if (st == TF_OK) st = set_config_attr(h5, method);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];
@@ -280,8 +293,8 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *jo
     r->seconds = tf_seconds() - t0;
     if (st == TF_OK) st = eval_accuracy(comm, fused, test, 0, &r->one_shot, &r->one_shot_loss);
     if (st == TF_OK)
-        TF_INFO("fuse %s: %s one-shot: %.2f %% (built in %.2f s)", f->name, method->name,
-                100 * r->one_shot, r->seconds);
+        TF_INFO("fuse %s: %s one-shot: %.2f %% (%s in %.2f s)", f->name, method->name,
+                100 * r->one_shot, r->built ? "built" : "loaded", r->seconds);
 
     /* Finetune, saved beside the one-shot model. */
     if (st == TF_OK && f->finetune.steps > 0) {
@@ -426,6 +439,8 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
     cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
     cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
     cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
+    if (f->finetune.steps > 0)
+        cJSON_AddItemToObject(root, "finetune", job_finetune_json(&f->finetune));
     cJSON *methods = cJSON_AddArrayToObject(root, "methods");
     for (int m = 0; m < f->n_methods; m++) {
         const job_method *jm = &f->methods[m];
@@ -452,6 +467,8 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
             cJSON_AddNumberToObject(item, "finetuned_loss", results[m].finetuned_loss);
         }
         cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
+        cJSON_AddBoolToObject(item, "resumed", !results[m].built);
+        cJSON_AddItemToObject(item, "config", job_method_json(jm));
         if (results[m].built && jm->kind == JOB_METHOD_OT)
             runner_add_timings(item, &results[m].timings);
         cJSON_AddItemToArray(methods, item);

@@ -93,6 +93,22 @@ for m in first["methods"]:
         check((t["statistics"] > 0) != weights, f"{m['name']} statistics time: {t}")
 for m in report["methods"]:
     check("timings" not in m, f"{m['name']} loaded on resume reports no stage timings")
+    check(m.get("resumed") is True, f"{m['name']} is marked resumed in the second report")
+check(all(m.get("resumed") is False for m in first["methods"]), "first report: nothing resumed")
+check(first.get("finetune", {}).get("steps") == first["finetune_steps"], "finetune settings in the report")
+job = json.load(open(os.path.join(work, "job.json")))
+asked = {m["name"]: m for m in job["tasks"][2]["methods"]}
+for m in first["methods"]:
+    config = m.get("config", {})
+    check(all(config.get(k) == v for k, v in asked[m["name"]].items()),
+          f"{m['name']} config {config} contains the job's settings {asked[m['name']]}")
+    if m["method"] == "ot":
+        check({"cost", "solver", "residual", "attention", "tokens", "distance", "normalize",
+               "repair", "zscore"} <= set(config), f"{m['name']} config lists the defaults too")
+    with h5py.File(os.path.join(work, "fused", m["name"] + ".h5"), "r") as f:
+        attr = f.attrs["fusion_config"]
+        attr = attr.decode() if isinstance(attr, bytes) else attr
+        check(json.loads(attr) == config, f"{m['name']}.h5 fusion_config equals the report's config")
 check(first["methods"] == report["methods"] or
       [m["one_shot_accuracy"] for m in first["methods"]] ==
       [m["one_shot_accuracy"] for m in report["methods"]], "resumed run reports the same one-shot accuracies")
