@@ -65,6 +65,12 @@ def main():
           f"BERT method without finetune: {b}")
     check("after 40 steps, loss" in bert_part, "BERT finetune column header missing")
     check("Unigram baseline: 5.881 nats over 5718" in bert_part, "BERT unigram line missing")
+    helped = subprocess.run([sys.executable, tool, "--help"], capture_output=True, text=True)
+    check(helped.returncode == 0 and "usage:" in helped.stdout, f"--help: {helped}")
+    missing = subprocess.run([sys.executable, tool, "/nonexistent/report.json"],
+                             capture_output=True, text=True)
+    check(missing.returncode == 1 and "cannot read /nonexistent/report.json" in missing.stderr
+          and "Traceback" not in missing.stderr, f"missing file: {missing}")
     print(f"report_table: {failures} failed")
     return 1 if failures else 0
 

@@ -59,7 +59,20 @@ def table(path):
     return "\n".join(lines)
 
 
+def main(paths):
+    if not paths or paths[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if paths else 2
+    try:
+        print("\n\n".join(table(p) for p in paths))
+    except OSError as e:
+        print(f"report_table.py: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"report_table.py: not a tfuse fuse report: {e!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    print("\n\n".join(table(p) for p in sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
