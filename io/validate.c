@@ -461,11 +461,12 @@ exit:
 }
 
 /* Runs in the probe child: the model checks, then a read of everything else in the file,
- * so that the loader later parses nothing that a probe has not parsed. */
+ * so that the loader later parses nothing that a probe has not parsed. The read is left
+ * out for a file that an earlier probe of this process (h5f_open's) read already. */
 static tf_status validate_model_child(const char *path, void *out)
 {
     tf_status status = validate_model_checks(path, out);
-    if (status == TF_OK) status = h5f_scan(path);
+    if (status == TF_OK && !probe_is_trusted(path)) status = h5f_scan(path);
     return status;
 }
 
