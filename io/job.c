@@ -16,6 +16,31 @@ typedef struct {
     const char *file;
 } parse_ctx;
 
+/* A value of the job file printed as compact JSON for messages, such as "400" or [1,2]. */
+typedef struct {
+    char text[72];
+} json_excerpt;
+
+/* Prints item as compact JSON. A longer text is cut to at most 60 bytes, at a UTF-8
+ * character boundary, and marked with "...". */
+static json_excerpt excerpt_of(const cJSON *item)
+{
+    enum { EXCERPT_MAX = 60 };
+    json_excerpt e = {"?"};
+    char *printed = item ? cJSON_PrintUnformatted(item) : NULL;
+    if (!printed) return e;
+    size_t len = strlen(printed);
+    if (len > EXCERPT_MAX) {
+        len = EXCERPT_MAX;
+        while (len > 0 && ((unsigned char)printed[len] & 0xC0) == 0x80) len--;
+        snprintf(e.text, sizeof e.text, "%.*s...", (int)len, printed);
+    } else {
+        snprintf(e.text, sizeof e.text, "%s", printed);
+    }
+    cJSON_free(printed);
+    return e;
+}
+
 static int edit_distance(const char *a, const char *b)
 {
     int la = (int)strlen(a), lb = (int)strlen(b);
@@ -39,7 +64,8 @@ static tf_status check_keys(const parse_ctx *ctx, const cJSON *obj, const char *
                             const char *const *allowed)
 {
     if (!cJSON_IsObject(obj))
-        return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object", ctx->file, path);
+        return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object; found %s", ctx->file, path,
+                            excerpt_of(obj).text);
     for (const cJSON *item = obj->child; item; item = item->next) {
         int known = 0, best = 99;
         const char *hint = NULL;
@@ -74,7 +100,8 @@ static tf_status get_double(const parse_ctx *ctx, const cJSON *obj, const char *
         return TF_OK;
     }
     if (!cJSON_IsNumber(item))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a number", ctx->file, path, key);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a number; found %s", ctx->file, path,
+                            key, excerpt_of(item).text);
     double v = item->valuedouble;
     if (!isfinite(v) || v < lo || v > hi)
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %g is out of range [%g, %g]", ctx->file, path,
@@ -96,7 +123,8 @@ static tf_status get_int64(const parse_ctx *ctx, const cJSON *obj, const char *p
     }
     double v = item->valuedouble;
     if (!cJSON_IsNumber(item) || v != floor(v) || fabs(v) > 9.0e15)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be an integer", ctx->file, path, key);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be an integer; found %s", ctx->file, path,
+                            key, excerpt_of(item).text);
     if ((int64_t)v < lo || (int64_t)v > hi)
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %lld is out of range [%lld, %lld]", ctx->file,
                             path, key, (long long)v, (long long)lo, (long long)hi);
@@ -122,7 +150,8 @@ static tf_status get_bool(const parse_ctx *ctx, const cJSON *obj, const char *pa
         return TF_OK;
     }
     if (!cJSON_IsBool(item))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be true or false", ctx->file, path, key);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be true or false; found %s", ctx->file,
+                            path, key, excerpt_of(item).text);
     *out = cJSON_IsTrue(item);
     return TF_OK;
 }
@@ -139,10 +168,11 @@ static tf_status get_string(const parse_ctx *ctx, const cJSON *obj, const char *
         return TF_OK;
     }
     if (!cJSON_IsString(item))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a string", ctx->file, path, key);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be a string; found %s", ctx->file, path,
+                            key, excerpt_of(item).text);
     if (strlen(item->valuestring) >= size)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.%s is longer than %zu characters", ctx->file, path,
-                            key, size - 1);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.%s is longer than %zu characters; found %s",
+                            ctx->file, path, key, size - 1, excerpt_of(item).text);
     snprintf(out, size, "%s", item->valuestring);
     return TF_OK;
 }
@@ -228,7 +258,8 @@ static tf_status parse_model(const parse_ctx *ctx, const cJSON *obj, const char 
     static const char *const archs[] = {"vit", "bert", NULL};
     int arch = 0;
     if (!cJSON_IsObject(obj))
-        return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object", ctx->file, path);
+        return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object; found %s", ctx->file, path,
+                            excerpt_of(obj).text);
     TRY(get_choice(ctx, obj, path, "architecture", archs, 0, &arch));
     t->arch = arch == 1 ? JOB_ARCH_BERT : JOB_ARCH_VIT;
     if (t->arch == JOB_ARCH_BERT)
@@ -263,8 +294,8 @@ static tf_status parse_text_data(const parse_ctx *ctx, const cJSON *obj, const c
     if (n < 1 || n > JOB_MAX_HELDOUT)
         return tf_error_set(TF_ERR_ARG,
                             "%s: %s.heldout must be an array of 1 to %d book names, such as "
-                            "[\"Ruth\", \"Mark\"]",
-                            ctx->file, path, JOB_MAX_HELDOUT);
+                            "[\"Ruth\", \"Mark\"]; found %s",
+                            ctx->file, path, JOB_MAX_HELDOUT, excerpt_of(heldout).text);
     text->n_heldout = n;
     for (int i = 0; i < n; i++) {
         const cJSON *item = cJSON_GetArrayItem(heldout, i);
@@ -272,8 +303,8 @@ static tf_status parse_text_data(const parse_ctx *ctx, const cJSON *obj, const c
             strlen(item->valuestring) >= JOB_NAME_MAX)
             return tf_error_set(TF_ERR_ARG,
                                 "%s: %s.heldout[%d] must be a book name of 1 to %d "
-                                "characters",
-                                ctx->file, path, i, JOB_NAME_MAX - 1);
+                                "characters; found %s",
+                                ctx->file, path, i, JOB_NAME_MAX - 1, excerpt_of(item).text);
         snprintf(text->heldout[i], JOB_NAME_MAX, "%s", item->valuestring);
     }
     return TF_OK;
@@ -534,8 +565,8 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
     if (!parents)
         return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.parents", ctx->file, path);
     if (!cJSON_IsArray(parents))
-        return tf_error_set(TF_ERR_ARG, "%s: %s.parents must be an array of file names", ctx->file,
-                            path);
+        return tf_error_set(TF_ERR_ARG, "%s: %s.parents must be an array of file names; found %s",
+                            ctx->file, path, excerpt_of(parents).text);
     int n = cJSON_GetArraySize(parents);
     if (n < 2 || n > JOB_MAX_PARENTS)
         return tf_error_set(TF_ERR_ARG, "%s: %s.parents has %d entries; between 2 and %d needed",
@@ -544,8 +575,8 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
     for (int i = 0; i < n; i++) {
         const cJSON *item = cJSON_GetArrayItem(parents, i);
         if (!cJSON_IsString(item) || strlen(item->valuestring) >= JOB_PATH_MAX)
-            return tf_error_set(TF_ERR_ARG, "%s: %s.parents[%d] must be a file name", ctx->file,
-                                path, i);
+            return tf_error_set(TF_ERR_ARG, "%s: %s.parents[%d] must be a file name; found %s",
+                                ctx->file, path, i, excerpt_of(item).text);
         snprintf(f->parents[i], JOB_PATH_MAX, "%s", item->valuestring);
     }
     TRY(get_int(ctx, obj, path, "anchor", 0, 0, 0, n - 1, &f->anchor));
@@ -556,14 +587,14 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
     if (!cJSON_IsArray(weights) || cJSON_GetArraySize(weights) != n)
         return tf_error_set(TF_ERR_ARG,
                             "%s: %s.weights must be an array of %d numbers, one per "
-                            "parent",
-                            ctx->file, path, n);
+                            "parent; found %s",
+                            ctx->file, path, n, excerpt_of(weights).text);
     double sum = 0;
     for (int i = 0; i < n; i++) {
         const cJSON *item = cJSON_GetArrayItem(weights, i);
         if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0) || !isfinite(item->valuedouble))
-            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0", ctx->file,
-                                path, i);
+            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0; found %s",
+                                ctx->file, path, i, excerpt_of(item).text);
         f->weights[i] = item->valuedouble;
         sum += item->valuedouble;
     }
@@ -610,9 +641,12 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
     f->calib_seed = (uint64_t)seed;
 
     const cJSON *methods = cJSON_GetObjectItemCaseSensitive(obj, "methods");
-    if (!methods || !cJSON_IsArray(methods) || cJSON_GetArraySize(methods) < 1)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.methods must be a non-empty array of methods",
-                            ctx->file, path);
+    if (!methods)
+        return tf_error_set(TF_ERR_ARG, "%s: missing required key %s.methods", ctx->file, path);
+    if (!cJSON_IsArray(methods) || cJSON_GetArraySize(methods) < 1)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.methods must be a non-empty array of methods; found %s",
+                            ctx->file, path, excerpt_of(methods).text);
     f->n_methods = cJSON_GetArraySize(methods);
     if (f->n_methods > JOB_MAX_METHODS)
         return tf_error_set(TF_ERR_ARG, "%s: %s.methods has %d entries; at most %d allowed",
@@ -649,11 +683,14 @@ static tf_status parse_root(const parse_ctx *ctx, const cJSON *root, job_file *j
     TRY(get_bool(ctx, root, "job", "resume", 0, &job->resume));
     const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
     if (desc && !cJSON_IsString(desc))
-        return tf_error_set(TF_ERR_ARG, "%s: job.description must be a string", ctx->file);
+        return tf_error_set(TF_ERR_ARG, "%s: job.description must be a string; found %s", ctx->file,
+                            excerpt_of(desc).text);
     const cJSON *tasks = cJSON_GetObjectItemCaseSensitive(root, "tasks");
-    if (!tasks || !cJSON_IsArray(tasks) || cJSON_GetArraySize(tasks) < 1)
-        return tf_error_set(TF_ERR_ARG, "%s: job.tasks must be a non-empty array of tasks",
-                            ctx->file);
+    if (!tasks) return tf_error_set(TF_ERR_ARG, "%s: missing required key job.tasks", ctx->file);
+    if (!cJSON_IsArray(tasks) || cJSON_GetArraySize(tasks) < 1)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: job.tasks must be a non-empty array of tasks; found %s", ctx->file,
+                            excerpt_of(tasks).text);
     job->n_tasks = cJSON_GetArraySize(tasks);
     job->tasks = tf_calloc((size_t)job->n_tasks, sizeof *job->tasks);
     if (!job->tasks) return TF_ERR_NOMEM;
@@ -661,7 +698,8 @@ static tf_status parse_root(const parse_ctx *ctx, const cJSON *root, job_file *j
         const cJSON *task = cJSON_GetArrayItem(tasks, i);
         snprintf(path, sizeof path, "tasks[%d]", i);
         if (!cJSON_IsObject(task))
-            return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object", ctx->file, path);
+            return tf_error_set(TF_ERR_ARG, "%s: %s must be a JSON object; found %s", ctx->file,
+                                path, excerpt_of(task).text);
         int kind = 0;
         if (!cJSON_GetObjectItemCaseSensitive(task, "task"))
             return tf_error_set(TF_ERR_ARG,
@@ -678,17 +716,59 @@ static tf_status parse_root(const parse_ctx *ctx, const cJSON *root, job_file *j
     return TF_OK;
 }
 
+/* Reports a JSON syntax error at error_at (a position in text) as "path:line:column:"
+ * with the text around it: up to 24 bytes before it and 12 after it, on its line. */
+static tf_status report_syntax_error(const char *text, const char *error_at, const char *path)
+{
+    const char *end = text + strlen(text);
+    if (!error_at || error_at < text || error_at > end) error_at = end;
+    const char *first = text + strspn(text, " \t\r\n");
+    if (*first == '\0')
+        return tf_error_set(TF_ERR_ARG, "%s: invalid JSON: the file is empty", path);
+    const int at_end = error_at[strspn(error_at, " \t\r\n")] == '\0';
+    while (at_end && error_at > text && strchr(" \t\r\n", error_at[-1])) error_at--;
+
+    /* Line and column (in characters, counting UTF-8 lead bytes only), both from 1. */
+    int line = 1, column = 1;
+    const char *line_start = text;
+    for (const char *c = text; c < error_at; c++) {
+        if (*c == '\n') {
+            line++, column = 1, line_start = c + 1;
+        } else if (((unsigned char)*c & 0xC0) != 0x80) {
+            column++;
+        }
+    }
+
+    const char *from = error_at - line_start > 24 ? error_at - 24 : line_start;
+    while (from < error_at && (*from == ' ' || *from == '\t')) from++;
+    while (from < error_at && ((unsigned char)*from & 0xC0) == 0x80) from++;
+    const char *to = error_at;
+    while (to < end && to - error_at < 12 && *to != '\n' && *to != '\r') to++;
+    while (to > error_at && to < end && ((unsigned char)*to & 0xC0) == 0x80) to--;
+    char excerpt[64];
+    snprintf(excerpt, sizeof excerpt, "%.*s", (int)(to - from), from);
+    for (char *c = excerpt; *c; c++)
+        if (*c == '\t') *c = ' ';
+
+    const char *reason = "";
+    if (at_end) {
+        reason = ": the file ends before the JSON is complete";
+    } else {
+        cJSON *prefix = cJSON_ParseWithOpts(text, NULL, 0);
+        if (prefix) reason = ": text follows the end of the JSON document";
+        cJSON_Delete(prefix);
+    }
+    return tf_error_set(TF_ERR_ARG, "%s:%d:%d: invalid JSON near '%s'%s", path, line, column,
+                        excerpt, reason);
+}
+
 tf_status job_file_parse(const char *text, const char *path, job_file **out)
 {
     *out = NULL;
     parse_ctx ctx = {path};
-    cJSON *root = cJSON_Parse(text);
-    if (!root) {
-        const char *where = cJSON_GetErrorPtr();
-        int line = 1;
-        for (const char *c = text; where && c < where; c++) line += *c == '\n';
-        return tf_error_set(TF_ERR_ARG, "%s: invalid JSON near line %d", path, line);
-    }
+    const char *error_at = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &error_at, 1); /* 1: reject text after the JSON */
+    if (!root) return report_syntax_error(text, error_at, path);
     job_file *job = tf_calloc(1, sizeof *job);
     if (!job) {
         cJSON_Delete(root);

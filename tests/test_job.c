@@ -26,16 +26,15 @@ static void test_valid(void)
     TU_CHECK(job->n_tasks == 2, "expected 2 tasks, got %d", job->n_tasks);
     const job_train *t = &job->tasks[0].train;
     TU_CHECK(t->model.d == 32 && t->model.heads == 2 && t->model.layers == 4,
-             "model fields or defaults wrong: d %d heads %d layers %d", t->model.d,
-             t->model.heads, t->model.layers);
+             "model fields or defaults wrong: d %d heads %d layers %d", t->model.d, t->model.heads,
+             t->model.layers);
     TU_CHECK(t->epochs == 2 && t->seed == 7 && t->batch_size == 128, "train fields wrong");
     TU_CHECK(strstr(t->data.train_images, "train-images-idx3-ubyte.gz") != NULL,
              "default training images path wrong: %s", t->data.train_images);
     const job_fuse *f = &job->tasks[1].fuse;
     TU_CHECK(f->n_parents == 3 && f->anchor == 1, "parents or anchor wrong");
     TU_CHECK(f->weights[1] == 0.5, "weights wrong");
-    TU_CHECK(f->n_methods == 2 && f->methods[0].kind == JOB_METHOD_VANILLA,
-             "methods wrong");
+    TU_CHECK(f->n_methods == 2 && f->methods[0].kind == JOB_METHOD_VANILLA, "methods wrong");
     TU_CHECK(f->methods[1].ot.solver == FUSE_SOLVER_SINKHORN &&
                  f->methods[1].ot.solver_mlp == FUSE_SOLVER_SINKHORN &&
                  f->methods[1].ot.epsilon == 0.05 &&
@@ -61,13 +60,15 @@ static void expect_error(const char *text, const char *word1, const char *word2)
 
 #define TRAIN_HEAD "{\"tasks\": [{\"task\": \"train\", \"output\": \"x.h5\", "
 #define FUSE_HEAD "{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\", \"b.h5\"], "
+#define BERT_HEAD TRAIN_HEAD "\"model\": {\"architecture\": \"bert\"}, "
 
 static void test_invalid(void)
 {
     expect_error("{\"tasks\": [", "invalid JSON", NULL);
     expect_error("{}", "tasks", NULL);
     expect_error("{\"resume\": 1, \"tasks\": [{\"task\": \"train\", \"model\": {}, "
-                 "\"output\": \"x.h5\"}]}", "job.resume", "true or false");
+                 "\"output\": \"x.h5\"}]}",
+                 "job.resume", "true or false");
     expect_error("{\"tasks\": []}", "tasks", "non-empty");
     expect_error("{\"taks\": []}", "taks", "did you mean \"tasks\"");
     expect_error("{\"tasks\": [{\"name\": \"x\"}]}", "tasks[0].task", "missing");
@@ -94,9 +95,10 @@ static void test_invalid(void)
     expect_error(TRAIN_HEAD "\"model\": {}, \"epochs\": 0}]}", "epochs", "steps");
     expect_error(FUSE_HEAD "\"methods\": []}]}", "tasks[0].methods", "non-empty");
     expect_error("{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\"], \"methods\": "
-                 "[{\"name\": \"v\"}]}]}", "tasks[0].parents", "between 2");
-    expect_error(FUSE_HEAD "\"anchor\": 2, \"methods\": [{\"name\": \"v\"}]}]}",
-                 "tasks[0].anchor", "out of range");
+                 "[{\"name\": \"v\"}]}]}",
+                 "tasks[0].parents", "between 2");
+    expect_error(FUSE_HEAD "\"anchor\": 2, \"methods\": [{\"name\": \"v\"}]}]}", "tasks[0].anchor",
+                 "out of range");
     expect_error(FUSE_HEAD "\"weights\": [0.5, 0.6], \"methods\": [{\"name\": \"v\"}]}]}",
                  "tasks[0].weights", "sum to 1");
     expect_error(FUSE_HEAD "\"weights\": [1], \"methods\": [{\"name\": \"v\"}]}]}",
@@ -113,6 +115,125 @@ static void test_invalid(void)
                  "tasks[0].methods[0].epsilon", "out of range");
     expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\"}], \"finetune\": {}}]}",
                  "tasks[0].finetune.steps", "missing");
+}
+
+/* Wrong types: the message shows the value found as compact JSON. */
+static void test_found_values(void)
+{
+    const char *method = "\"methods\": [{\"name\": \"v\"}]";
+    char text[512];
+    snprintf(text, sizeof text, FUSE_HEAD "\"calibration_samples\": \"400\", %s}]}", method);
+    expect_error(text, "tasks[0].calibration_samples must be an integer; found \"400\"", NULL);
+    snprintf(text, sizeof text, FUSE_HEAD "\"overwrite\": \"yes\", %s}]}", method);
+    expect_error(text, "tasks[0].overwrite must be true or false; found \"yes\"", NULL);
+    snprintf(text, sizeof text, FUSE_HEAD "\"weights\": [0.3, \"0.7\"], %s}]}", method);
+    expect_error(text, "tasks[0].weights[1] must be a number >= 0; found \"0.7\"", NULL);
+    snprintf(text, sizeof text, FUSE_HEAD "\"weights\": [-0.5, 1.5], %s}]}", method);
+    expect_error(text, "tasks[0].weights[0] must be a number >= 0; found -0.5", NULL);
+    snprintf(text, sizeof text, FUSE_HEAD "\"weights\": {\"a\": 1}, %s}]}", method);
+    expect_error(text, "tasks[0].weights must be an array of 2 numbers", "found {\"a\":1}");
+    expect_error(FUSE_HEAD "\"methods\": \"ot\"}]}", "tasks[0].methods must be", "found \"ot\"");
+    expect_error("{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\", \"b.h5\"]}]}",
+                 "missing required key tasks[0].methods", NULL);
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"zscore\": null}]}]}",
+                 "tasks[0].methods[0].zscore must be true or false; found null", NULL);
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"solver\": 2}]}]}",
+                 "tasks[0].methods[0].solver must be a string; found 2", NULL);
+    expect_error(FUSE_HEAD "\"methods\": [7]}]}", "tasks[0].methods[0] must be a JSON object",
+                 "found 7");
+    expect_error("{\"tasks\": [{\"task\": \"fuse\", \"parents\": \"a.h5\"}]}",
+                 "tasks[0].parents must be an array of file names; found \"a.h5\"", NULL);
+    expect_error("{\"tasks\": [{\"task\": \"fuse\", \"parents\": [\"a.h5\", null]}]}",
+                 "tasks[0].parents[1] must be a file name; found null", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": 64.5}}]}",
+                 "tasks[0].model.d must be an integer; found 64.5", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {\"d\": true}}]}",
+                 "tasks[0].model.d must be an integer; found true", NULL);
+    expect_error(TRAIN_HEAD "\"model\": [1, 2]}]}", "tasks[0].model must be a JSON object",
+                 "found [1,2]");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"optimizer\": {\"lr\": \"fast\"}}]}",
+                 "tasks[0].optimizer.lr must be a number; found \"fast\"", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {}, \"data\": \"mnist\"}]}",
+                 "tasks[0].data must be a JSON object; found \"mnist\"", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {}, \"name\": [\"a\"]}]}",
+                 "tasks[0].name must be a string; found [\"a\"]", NULL);
+    expect_error(BERT_HEAD "\"data\": {\"heldout\": \"Ruth\"}}]}", "tasks[0].data.heldout",
+                 "found \"Ruth\"");
+    expect_error(BERT_HEAD "\"data\": {\"heldout\": [\"Ruth\", 3]}}]}",
+                 "tasks[0].data.heldout[1] must be a book name", "found 3");
+    expect_error("{\"description\": 5, \"tasks\": []}", "job.description must be a string; found 5",
+                 NULL);
+    expect_error("{\"tasks\": {}}", "job.tasks must be a non-empty array of tasks; found {}", NULL);
+    expect_error("{\"tasks\": [\"train\"]}", "tasks[0] must be a JSON object; found \"train\"",
+                 NULL);
+    expect_error("[1, 2]", "job must be a JSON object; found [1,2]", NULL);
+}
+
+/* Long values are cut to at most 60 bytes, never inside a UTF-8 character. */
+static void test_found_truncated(void)
+{
+    char text[1024], expected[128];
+    int len = snprintf(text, sizeof text, TRAIN_HEAD "\"model\": {}, \"seed\": [");
+    for (int i = 0; i < 100; i++) len += snprintf(text + len, sizeof text - (size_t)len, "%d,", i);
+    snprintf(text + len - 1, sizeof text - (size_t)len + 1, "]}]}");
+    /* "[0,1,...,": 60 characters of the array, then "...". */
+    len = snprintf(expected, sizeof expected, "found [");
+    for (int i = 0; len < 66; i++)
+        len += snprintf(expected + len, sizeof expected - (size_t)len, "%d,", i);
+    expected[66] = '\0';
+    expect_error(text, "tasks[0].seed must be an integer", expected);
+    const char *msg = tf_error_get();
+    const char *found = strstr(msg, "found [");
+    TU_CHECK(found && strlen(found) == strlen("found ") + 60 + 3 &&
+                 strcmp(found + strlen(found) - 3, "...") == 0,
+             "long value not cut to 60 characters and \"...\": %s", msg);
+
+    /* 40 two-byte characters: the cut at byte 60 falls after the quote and 29 characters
+     * plus one lead byte, so it must step back to 59 bytes. */
+    len = snprintf(text, sizeof text, TRAIN_HEAD "\"model\": {}, \"seed\": \"");
+    for (int i = 0; i < 40; i++) len += snprintf(text + len, sizeof text - (size_t)len, "\xc3\xa9");
+    snprintf(text + len, sizeof text - (size_t)len, "\"}]}");
+    expect_error(text, "tasks[0].seed must be an integer", "...");
+    msg = tf_error_get();
+    found = strstr(msg, "found \"");
+    TU_CHECK(found != NULL, "no value in: %s", msg);
+    if (!found) return;
+    const char *value = found + strlen("found \"");
+    size_t n = strlen(value) - 3;
+    TU_CHECK(n == 58, "expected 29 characters (58 bytes) before \"...\", got %zu bytes: %s", n,
+             msg);
+    int broken = 0;
+    for (size_t i = 0; i + 1 < n; i += 2)
+        broken += (unsigned char)value[i] != 0xc3 || (unsigned char)value[i + 1] != 0xa9;
+    TU_CHECK(broken == 0 && n % 2 == 0, "value cut inside a UTF-8 character: %s", msg);
+}
+
+/* Syntax errors name line and column (both from 1) and quote the text around them. */
+static void test_syntax_errors(void)
+{
+    expect_error("{\n  \"tasks\": [],\n  \"steps\": 10 \"lr\": 1}",
+                 "bad.json:3:15: invalid JSON near '\"steps\": 10 \"lr\": 1}'", NULL);
+    expect_error("{\"tasks\": [", "bad.json:1:12: invalid JSON near '{\"tasks\": ['",
+                 "ends before the JSON is complete");
+    expect_error("{\"tasks\": [\n\n", "bad.json:1:12: invalid JSON near '{\"tasks\": ['",
+                 "ends before the JSON is complete");
+    expect_error("", "bad.json: invalid JSON: the file is empty", NULL);
+    expect_error(" \n\t\n", "the file is empty", NULL);
+    expect_error("{\"tasks\": []} x", "bad.json:1:15: invalid JSON near '{\"tasks\": []} x'",
+                 "text follows the end of the JSON document");
+    expect_error("{\r\n  \"a\": tru\r\n}", "bad.json:2:8: invalid JSON near '\"a\": tru'", NULL);
+    expect_error("{\n\t\"a\":\t[1,]}", "bad.json:2:10: invalid JSON near '\"a\": [1,]}'", NULL);
+    /* Column counts characters, so the two bytes of "é" count as one. */
+    expect_error("{\"\xc3\xa9\": 1,, }", "bad.json:1:10: invalid JSON near '{\"\xc3\xa9\": 1,, }'",
+                 NULL);
+
+    /* On a long line the excerpt contains 24 characters before the error and 12 after it. */
+    char text[512];
+    int len = snprintf(text, sizeof text, "{\"description\": \"");
+    for (int i = 0; i < 100; i++) text[len++] = (char)('a' + i % 26);
+    snprintf(text + len, sizeof text - (size_t)len, "\" \"tasks\": [], \"more\": 123456789}");
+    expect_error(
+        text, "bad.json:1:120: invalid JSON near 'abcdefghijklmnopqrstuv\" \"tasks\": [],'", NULL);
 }
 
 static void test_bert_valid(void)
@@ -162,8 +283,6 @@ static void test_bert_valid(void)
     job_file_free(&job);
 }
 
-#define BERT_HEAD TRAIN_HEAD "\"model\": {\"architecture\": \"bert\"}, "
-
 static void test_bert_invalid(void)
 {
     expect_error(TRAIN_HEAD "\"model\": {\"architecture\": \"bert\", \"patch\": 4}}]}",
@@ -195,6 +314,9 @@ int main(int argc, char **argv)
     test_invalid();
     test_bert_valid();
     test_bert_invalid();
+    test_found_values();
+    test_found_truncated();
+    test_syntax_errors();
     int rc = tu_finish("test_job");
     MPI_Finalize();
     return rc;

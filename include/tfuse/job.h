@@ -120,7 +120,8 @@ typedef struct {
 
 /* Reads and checks a job file. Not collective (each rank may parse the same file).
  * On failure returns TF_ERR_IO (unreadable) or TF_ERR_ARG (invalid content) with a
- * message naming the file, the key path (e.g. tasks[1].methods[0].solver) and the value.
+ * message naming the file, the key path (e.g. tasks[1].methods[0].solver) and the value
+ * found, or for a JSON syntax error "FILE:LINE:COLUMN:" and the text around it.
  * Caller frees with job_file_free. */
 tf_status job_file_load(const char *path, job_file **out);
 /* Parses job text held in memory; `path` names it in messages. */
