@@ -833,16 +833,18 @@ static void log_groups(int groups, int group_ranks, int size, int large, int64_t
 {
     char text[1024];
     int len = snprintf(text, sizeof text,
-                       "%d units with a Sinkhorn problem of at least %lld entries in %.3f s (max "
+                       "%d unit%s with a Sinkhorn problem of at least %lld entries in %.3f s (max "
                        "over groups)",
-                       large, (long long)threshold, t_max);
+                       large, large == 1 ? "" : "s", (long long)threshold, t_max);
     for (int k = 0; k < groups && k < LOG_GROUPS && len < (int)sizeof text; k++)
-        len += snprintf(text + len, sizeof text - (size_t)len, "; group %d: %d units, %.3f s", k,
-                        (int)per_group[2 * k], per_group[2 * k + 1]);
+        len += snprintf(text + len, sizeof text - (size_t)len, "; group %d: %d unit%s, %.3f s", k,
+                        (int)per_group[2 * k], per_group[2 * k] == 1 ? "" : "s",
+                        per_group[2 * k + 1]);
     if (groups > LOG_GROUPS && len < (int)sizeof text)
         snprintf(text + len, sizeof text - (size_t)len, "; %d more groups", groups - LOG_GROUPS);
-    TF_INFO("fuse timing: OT process groups of %d ranks (%d groups, %d ranks in none): %s",
-            group_ranks, groups, size - groups * group_ranks, text);
+    TF_INFO("fuse timing: OT process groups of %d ranks (%d group%s, %d rank%s in none): %s",
+            group_ranks, groups, groups == 1 ? "" : "s", size - groups * group_ranks,
+            size - groups * group_ranks == 1 ? "" : "s", text);
 }
 
 tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
@@ -945,10 +947,11 @@ tf_status fuse_solve_units_report(MPI_Comm comm, const fuse_view *views, int n_p
         opt->timings->ot_local += t_max[1];
         opt->timings->ot_broadcast += tf_seconds() - t1;
     }
-    TF_INFO("fuse timing: OT %d units over %d ranks: process groups %.3f s, local %.3f s (max "
-            "over ranks; rank 0: %d units, %.0f %% of the estimated work of local units), "
+    TF_INFO("fuse timing: OT %d unit%s over %d rank%s: process groups %.3f s, local %.3f s (max "
+            "over ranks; rank 0: %d unit%s, %.0f %% of the estimated work of local units), "
             "broadcast %.3f s",
-            count, size, t_max[0], t_max[1], mine, total_work > 0 ? 100 * work / total_work : 0.0,
+            count, count == 1 ? "" : "s", size, size == 1 ? "" : "s", t_max[0], t_max[1], mine,
+            mine == 1 ? "" : "s", total_work > 0 ? 100 * work / total_work : 0.0,
             tf_seconds() - t1);
     if (report) {
         report->group_ranks = g;
