@@ -615,11 +615,11 @@ tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t, const job_fil
     int64_t per_epoch = d.train->count / t->batch_size;
     if (per_epoch < 1) per_epoch = 1;
     const int64_t steps = t->steps > 0 ? t->steps : per_epoch * t->epochs;
-    TF_INFO("train %s: BERT d %d, %d layers, %lld parameters; %lld training and %lld held-out "
-            "sequences of %d tokens; batch %d, %lld steps (%.2f epochs)",
-            t->name, cfg.d, cfg.layers, (long long)model->num_params, (long long)d.train->count,
-            (long long)d.heldout->count, cfg.seq_len, t->batch_size, (long long)steps,
-            (double)steps / (double)per_epoch);
+    TF_INFO("train %s: BERT d %d, %d layer%s, %lld parameters; %lld training and %lld held-out "
+            "sequences of %d tokens; batch %d, %lld step%s (%.2f epochs)",
+            t->name, cfg.d, cfg.layers, cfg.layers == 1 ? "" : "s", (long long)model->num_params,
+            (long long)d.train->count, (long long)d.heldout->count, cfg.seq_len, t->batch_size,
+            (long long)steps, steps == 1 ? "" : "s", (double)steps / (double)per_epoch);
 
     /* Step 2: data-parallel AdamW on masked training sequences. */
     bert_train_options opt = {.steps = steps,
@@ -718,9 +718,10 @@ tf_status runner_check_bert_train(const job_file *job, const job_train *t, int i
                                 index, path);
     }
     if (warn && t->batch_size < ranks)
-        TF_WARN("tasks[%d].batch_size = %d is smaller than the %d ranks, so %d ranks stay idle "
+        TF_WARN("tasks[%d].batch_size = %d is smaller than the %d ranks, so %d %s idle "
                 "in each step",
-                index, t->batch_size, ranks, ranks - t->batch_size);
+                index, t->batch_size, ranks, ranks - t->batch_size,
+                ranks - t->batch_size == 1 ? "rank stays" : "ranks stay");
     return TF_OK;
 }
 
