@@ -235,7 +235,8 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
 static void print_table(const job_fuse *f, const double *parent_acc, const method_result *results)
 {
     char head[64];
-    snprintf(head, sizeof head, "after finetune (%lld steps)", (long long)f->finetune.steps);
+    snprintf(head, sizeof head, "after finetune (%lld step%s)", (long long)f->finetune.steps,
+             f->finetune.steps == 1 ? "" : "s");
     TF_INFO(" ");
     TF_INFO("%-36s %10s %10s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
     for (int p = 0; p < f->n_parents; p++) {
