@@ -1146,7 +1146,8 @@ static void print_table(const job_fuse *f, const bert_eval_result *parent_eval,
                         const bert_method_result *results)
 {
     char head[64];
-    snprintf(head, sizeof head, "after finetune (%lld steps)", (long long)f->finetune.steps);
+    snprintf(head, sizeof head, "after finetune (%lld step%s)", (long long)f->finetune.steps,
+             f->finetune.steps == 1 ? "" : "s");
     TF_INFO(" ");
     TF_INFO("held-out masked-token loss (perplexity, accuracy)");
     TF_INFO("%-32s %-28s %s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
