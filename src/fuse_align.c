@@ -228,25 +228,40 @@ tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *con
     int rank, size;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    tf_status st = TF_OK;
+    if (n_parents > FUSE_MAX_AVERAGE)
+        return tf_error_set(TF_ERR_ARG, "fuse_align_shared: %d parents; at most %d", n_parents,
+                            FUSE_MAX_AVERAGE);
+
+    /* First every rank aligns all of its parents, so that the owners work at the same time;
+     * a failure keeps its message for the broadcast of that parent. */
+    int owner[FUSE_MAX_AVERAGE], status[FUSE_MAX_AVERAGE];
+    char message[FUSE_MAX_AVERAGE][256];
     for (int p = 0, k = 0; p < n_parents; p++) {
-        if (p == anchor) continue;
-        const int owner = k++ % size;
-        tf_status mine = rank == owner ? align(p, ctx) : TF_OK;
-        int status = (int)mine;
-        char message[512];
-        snprintf(message, sizeof message, "%s", mine != TF_OK ? tf_error_get() : "");
-        TF_MPI_CHECK(MPI_Bcast(&status, 1, MPI_INT, owner, comm));
-        TF_MPI_CHECK(MPI_Bcast(message, sizeof message, MPI_CHAR, owner, comm));
-        if (status != TF_OK) {
-            if (st == TF_OK)
-                st = rank == owner ? mine
-                                   : tf_error_set((tf_status)status, "rank %d: %s", owner, message);
+        owner[p] = p == anchor ? -1 : k++ % size;
+        status[p] = TF_OK;
+        message[p][0] = '\0';
+        if (owner[p] != rank) continue;
+        status[p] = (int)align(p, ctx);
+        if (status[p] != TF_OK) snprintf(message[p], sizeof message[p], "%s", tf_error_get());
+    }
+
+    /* Then each owner broadcasts its status, message and parameters, in parent order. */
+    tf_status st = TF_OK;
+    for (int p = 0; p < n_parents; p++) {
+        if (owner[p] < 0) continue;
+        TF_MPI_CHECK(MPI_Bcast(&status[p], 1, MPI_INT, owner[p], comm));
+        TF_MPI_CHECK(MPI_Bcast(message[p], sizeof message[p], MPI_CHAR, owner[p], comm));
+        if (status[p] != TF_OK) {
+            /* The first failure wins; its owner keeps its own message. */
+            if (st == TF_OK && rank == owner[p])
+                st = tf_error_set((tf_status)status[p], "%s", message[p]);
+            else if (st == TF_OK)
+                st = tf_error_set((tf_status)status[p], "rank %d: %s", owner[p], message[p]);
             continue;
         }
         for (int64_t off = 0; off < count; off += INT32_MAX) {
             int piece = (int)(count - off < INT32_MAX ? count - off : INT32_MAX);
-            TF_MPI_CHECK(MPI_Bcast(params[p] + off, piece, MPI_FLOAT, owner, comm));
+            TF_MPI_CHECK(MPI_Bcast(params[p] + off, piece, MPI_FLOAT, owner[p], comm));
         }
     }
     return st;

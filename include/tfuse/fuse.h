@@ -195,11 +195,12 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
  * `aligned`, which has the anchor's configuration. Not collective. */
 tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_model *aligned);
 
-/* Collective on comm. Fills aligned[p] for every parent p != anchor. The k-th of those
- * parents goes to rank k mod size, which calls align(p, ctx) to fill params[p] (count
- * floats); the owner then broadcasts them with its status and message, so every rank
+/* Collective on comm. Fills params[p] (count floats) for every parent p != anchor (at
+ * most 64 parents). The k-th of those parents goes to rank k mod size, which calls
+ * align(p, ctx) to fill params[p]; every rank first aligns all of its parents, then each
+ * owner broadcasts its status, message and parameters in parent order. So every rank
  * returns all aligned parameters, bitwise the same as aligning every parent locally, and
- * the same status. */
+ * the status of the first parent that failed. */
 tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *const *params,
                             int64_t count, tf_status (*align)(int p, void *ctx), void *ctx);
 
