@@ -904,7 +904,10 @@ static tf_status load_parents(MPI_Comm comm, const job_fuse *f, bert_model **par
         st = bert_model_load(comm, f->parents[p], &parents[p]);
         if (st == TF_OK) st = read_vocab_attr(comm, f->parents[p], path, sizeof path);
         if (st == TF_OK) st = tok_vocab_load(path, p == 0 ? &d->vocab : &vocab);
-        if (st != TF_OK) break;
+        if (st != TF_OK) {
+            tf_error_set(st, "fuse task '%s', parents[%d]: %s", f->name, p, tf_error_get());
+            break;
+        }
         const tok_vocab *own = p == 0 ? d->vocab : vocab;
         int same = own->size == d->vocab->size && own->size == parents[p]->cfg.vocab;
         for (int i = 0; same && i < own->size; i++)

@@ -339,8 +339,11 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
 
     /* Step 1: parents, data and calibration images. */
     double t_load = tf_seconds();
-    for (int p = 0; st == TF_OK && p < n; p++)
+    for (int p = 0; st == TF_OK && p < n; p++) {
         st = vit_model_load(comm, f->parents[p], &parents[p]);
+        if (st != TF_OK)
+            tf_error_set(st, "fuse task '%s', parents[%d]: %s", f->name, p, tf_error_get());
+    }
     if (st == TF_OK) TF_INFO("fuse timing: loading parents %.3f s", tf_seconds() - t_load);
     if (st == TF_OK) st = runner_load_data(&f->data, &train, &test);
     if (st == TF_OK && f->calib_samples > train->count)
