@@ -317,7 +317,7 @@ static int probe_read(int fd, double deadline, size_t out_bytes, probe_reply *re
 }
 
 /* Waits for the child until the deadline, then kills it. Returns its wait status, or -1
- * when it was collected elsewhere; *in_time is 0 when the child had to be killed. */
+ * when it was collected elsewhere. Sets *in_time to 0 when the child had to be killed. */
 static int probe_reap(pid_t pid, double deadline, int *in_time)
 {
     int wstatus = 0;
@@ -361,19 +361,18 @@ static tf_status probe_failure(const char *path, const char *kind, const probe_l
 }
 
 /* Forks the child and collects its end. Returns TF_OK with *reply and *wstatus filled, or
- * TF_ERR_IO / TF_ERR_NOMEM when no child could run. */
+ * TF_ERR_IO when the pipe or the fork fails. */
 static tf_status probe_fork(const char *path, const char *kind, const probe_limits *limits,
                             probe_fn fn, void *out, size_t out_bytes, probe_reply *reply,
                             int *in_time, int *wstatus)
 {
-    /* Buffered output is flushed first, or the child would hold a copy of it. */
     int fds[2];
     if (pipe(fds) != 0)
         return tf_error_set(TF_ERR_IO, "probing %s '%s': pipe() failed: %s", kind, path,
                             strerror(errno));
     fcntl(fds[0], F_SETFD, FD_CLOEXEC);
     fcntl(fds[1], F_SETFD, FD_CLOEXEC);
-    fflush(NULL);
+    fflush(NULL); /* or the child would hold a copy of the buffered output */
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);

@@ -45,8 +45,8 @@ if [[ -z ${TMPDIR:-} && -d /dev/shm && -w /dev/shm ]]; then export TMPDIR=/dev/s
 leaks=1
 [[ $target == model || $target == model_path ]] && leaks=0
 export ASAN_OPTIONS=detect_leaks=$leaks:allocator_may_return_null=1
-# model_path: a probe child that HDF5 crashes prints an AddressSanitizer report, and
-# symbolizing it takes longer than the run itself; rerun a saved input for a symbolized
+# model_path: a probe child that HDF5 crashes prints an AddressSanitizer report. Symbolizing
+# it takes longer than the run itself, so it is off; rerun a saved input for a symbolized
 # stack. A 2 s probe limit ends the files that HDF5 never finishes decoding sooner.
 if [[ $target == model_path ]]; then
     ASAN_OPTIONS+=:symbolize=0

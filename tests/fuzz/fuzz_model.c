@@ -2,7 +2,7 @@
  * checks of job validation (validate_model_file) on the same file. A file that loads must
  * pass validation, both must agree on the configuration, and neither may leave an HDF5
  * object open. Probes are switched off (TFUSE_PROBE=off), so that both readers run in
- * this process, where the sanitizers and libFuzzer see them; fuzz_model_path.c fuzzes the
+ * this process, where the sanitizers and libFuzzer see them. fuzz_model_path.c fuzzes the
  * path with probes. */
 #include "fuzz_common.h"
 #include "tfuse/validate.h"

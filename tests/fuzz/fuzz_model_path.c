@@ -1,8 +1,8 @@
 /* libFuzzer target: a parent model file on the program's path. validate_model_file runs
  * the model checks in a probe child process, and only a file that the probe accepts is
  * loaded in this process with vit_model_load, as a fuse task does after validation. A
- * crash or hang of HDF5 in the child is an expected outcome that must become an error
- * naming the file; a crash of this process is a failure. Also checks that a loaded model
+ * crash or hang of HDF5 in the child is an expected outcome, and it must become an error
+ * naming the file. A crash of this process is a failure. Also checks that a loaded model
  * has the configuration the probe reported and that no HDF5 object stays open.
  *
  * NOTE: the coverage counters of the child stay in the child, so libFuzzer sees only the
