@@ -446,7 +446,8 @@ cJSON *job_method_json(const job_method *m)
              cJSON_AddStringToObject(j, "repair", repairs[o->repair]) &&
              cJSON_AddStringToObject(j, "stream_features", stream_features[o->stream_features]) &&
              cJSON_AddNumberToObject(j, "ot_distributed_threshold", (double)o->ot_dist_threshold) &&
-             cJSON_AddNumberToObject(j, "ot_group_ranks", o->ot_group_ranks);
+             cJSON_AddNumberToObject(j, "ot_group_ranks", o->ot_group_ranks) &&
+             cJSON_AddBoolToObject(j, "per_parent_statistics", o->per_parent_stats);
     }
     if (!ok) cJSON_Delete(j);
     return ok ? j : NULL;
@@ -476,7 +477,7 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
                                        "attention",  "tokens",          "window",
                                        "zscore",     "distance",        "normalize",
                                        "repair",     "stream_features", "ot_distributed_threshold",
-                                       "ot_group_ranks", NULL};
+                                       "ot_group_ranks", "per_parent_statistics", NULL};
     fuse_options *o = &m->ot;
     *o = fuse_options_default();
     int kind = 0, v = 0;
@@ -522,6 +523,8 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
     TRY(get_int64(ctx, obj, path, "ot_distributed_threshold", 0, 0, 0, INT64_C(1) << 62,
                   &o->ot_dist_threshold));
     TRY(get_int(ctx, obj, path, "ot_group_ranks", 0, 0, 0, 1 << 24, &o->ot_group_ranks));
+    TRY(get_bool(ctx, obj, path, "per_parent_statistics", o->per_parent_stats,
+                 &o->per_parent_stats));
     if (o->cost == FUSE_COST_WEIGHT && !cJSON_GetObjectItemCaseSensitive(obj, "residual"))
         o->residual = FUSE_RESIDUAL_MEAN; /* joint needs activations */
     if (o->cost == FUSE_COST_WEIGHT &&

@@ -120,8 +120,8 @@ static enum group_state group_agree(enum group_state mine)
 }
 
 /* Solves one OT problem with uniform marginals; the plan has total mass 1. */
-tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver,
-                            double epsilon, const char *what, double *plan)
+tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver solver, double epsilon,
+                          const char *what, double *plan)
 {
     ot_info info;
     tf_status st;
@@ -157,8 +157,8 @@ tf_status fuse_solve_plan(const double *cost, int n, int m, enum fuse_solver sol
 
 /* Builds the cost from the listed blocks and solves it into a new (n, m) plan. */
 static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int n_blocks,
-                                 const fuse_options *opt, enum fuse_solver solver,
-                                 const char *what, double **out)
+                                 const fuse_options *opt, enum fuse_solver solver, const char *what,
+                                 double **out)
 {
     const int n = stats->block[blocks[0]].n, m = stats->block[blocks[0]].m;
     double *cost = tf_malloc((size_t)n * m * sizeof(double));
@@ -178,7 +178,7 @@ static tf_status map_from_blocks(const fuse_stats *stats, const int *blocks, int
 /* Map of the position embeddings: each of the d dimensions is a point in R^T (a column
  * of pos), compared by Euclidean distance; depends on weights only. */
 tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
-                                    const fuse_options *opt, double **out)
+                            const fuse_options *opt, double **out)
 {
     const int n = parent->cfg.d, m = anchor->cfg.d, T = anchor->pos_rows;
     const float *pp = parent->pos, *pa = anchor->pos;
@@ -197,7 +197,7 @@ tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
     if (st == TF_OK) {
         fuse_cost_normalize(cost, (int64_t)n * m, opt->norm);
         st = fuse_solve_plan(cost, n, m, opt->solver_stream, opt->epsilon, "position embedding",
-                        plan);
+                             plan);
     }
     free(cost);
     if (st != TF_OK) {
@@ -210,7 +210,7 @@ tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
 
 /* Plan of a residual join from the skip's and the branch's plans by the policy. */
 double *fuse_join_plans(const double *skip, const double *branch, int64_t count,
-                          const fuse_options *opt, double branch_weight)
+                        const fuse_options *opt, double branch_weight)
 {
     double *out = tf_malloc((size_t)count * sizeof(double));
     if (!out) return NULL;
@@ -298,7 +298,8 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const fuse_view *
 
     if (opt->residual == FUSE_RESIDUAL_IDENTITY) {
         if (d_p != d_a)
-            return tf_error_set(TF_ERR_ARG, "residual policy \"identity\" needs equal model "
+            return tf_error_set(TF_ERR_ARG,
+                                "residual policy \"identity\" needs equal model "
                                 "widths, but the parent has d = %d and the anchor d = %d",
                                 d_p, d_a);
         maps->stream0 = identity_plan(d_a);
@@ -315,12 +316,12 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const fuse_view *
 
     /* The embedding join: position embeddings are the skip, patch embeddings the branch. */
     block = BLOCK_PATCH;
-    st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, "patch embedding",
-                         &maps->patch);
+    st =
+        map_from_blocks(stats, &block, 1, opt, opt->solver_stream, "patch embedding", &maps->patch);
     if (st == TF_OK) st = fuse_position_map(parent, anchor, opt, &maps->pos);
     if (st != TF_OK) return st;
     maps->stream0 = fuse_join_plans(maps->pos, maps->patch, size, opt,
-                               branch_share(stats, BLOCK_X0, BLOCK_PATCH));
+                                    branch_share(stats, BLOCK_X0, BLOCK_PATCH));
     const double *stream = maps->stream0;
     for (int l = 0; l < L; l++) {
         int skip_block = l == 0 ? BLOCK_X0 : fuse_layer_block(l - 1, BLOCK_RES2);
@@ -329,14 +330,14 @@ static tf_status stream_maps_per_join(const fuse_stats *stats, const fuse_view *
         st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->attn_out[l]);
         if (st != TF_OK) return st;
         maps->stream1[l] = fuse_join_plans(stream, maps->attn_out[l], size, opt,
-                                      branch_share(stats, skip_block, block));
+                                           branch_share(stats, skip_block, block));
         block = fuse_layer_block(l, BLOCK_MLP_OUT);
         snprintf(what, sizeof what, "layer %d MLP output", l);
         st = map_from_blocks(stats, &block, 1, opt, opt->solver_stream, what, &maps->mlp_out[l]);
         if (st != TF_OK || !maps->stream1[l]) return st != TF_OK ? st : TF_ERR_NOMEM;
         maps->stream2[l] =
             fuse_join_plans(maps->stream1[l], maps->mlp_out[l], size, opt,
-                       branch_share(stats, fuse_layer_block(l, BLOCK_RES1), block));
+                            branch_share(stats, fuse_layer_block(l, BLOCK_RES1), block));
         if (!maps->stream2[l]) return TF_ERR_NOMEM;
         stream = maps->stream2[l];
     }
@@ -365,8 +366,8 @@ static tf_status layer_maps(const fuse_stats *stats, const fuse_options *opt, fu
 }
 
 tf_status fuse_head_aware_maps(const fuse_stats *stats, const fuse_view *parent,
-                               const fuse_view *anchor, const fuse_options *opt,
-                               fuse_maps *maps, int layer);
+                               const fuse_view *anchor, const fuse_options *opt, fuse_maps *maps,
+                               int layer);
 
 /* Calibration images per chunk of the reproducible reduction. Fixed, so that the sums do
  * not depend on the number of ranks. */
@@ -380,8 +381,8 @@ typedef struct {
     int64_t n_images;
     int image_len, n_tokens;
     const int *tokens;
-    vit_acts **acts; /* [n_parents] forward buffers for one chunk */
-    fuse_stats **stats; /* [n_parents] scratch sums of one chunk (NULL at the anchor) */
+    vit_acts **acts;          /* [n_parents] forward buffers for one chunk */
+    fuse_stats **stats;       /* [n_parents] scratch sums of one chunk (NULL at the anchor) */
     double t_forward, t_sums; /* seconds spent in forward passes and in the sums */
 } stats_chunk_ctx;
 
@@ -392,8 +393,8 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
 {
     stats_chunk_ctx *c = ctx;
     const int64_t start = chunk * FUSE_CHUNK_IMAGES;
-    const int B = (int)(c->n_images - start < FUSE_CHUNK_IMAGES ? c->n_images - start
-                                                                 : FUSE_CHUNK_IMAGES);
+    const int B =
+        (int)(c->n_images - start < FUSE_CHUNK_IMAGES ? c->n_images - start : FUSE_CHUNK_IMAGES);
     const float *x = c->images + start * c->image_len;
     tf_status st = TF_OK;
     double t0 = tf_seconds();
@@ -432,10 +433,14 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
 {
     const vit_config *ca = &parents[anchor]->cfg;
     int tokens[4096];
-    stats_chunk_ctx ctx = {.parents = parents, .n_parents = n_parents, .anchor = anchor,
-                           .images = images, .n_images = n_images,
+    stats_chunk_ctx ctx = {.parents = parents,
+                           .n_parents = n_parents,
+                           .anchor = anchor,
+                           .images = images,
+                           .n_images = n_images,
                            .image_len = ca->channels * ca->image_size * ca->image_size,
-                           .n_tokens = select_tokens(ca, opt, tokens), .tokens = tokens,
+                           .n_tokens = select_tokens(ca, opt, tokens),
+                           .tokens = tokens,
                            .stats = stats};
     int64_t len = 0;
     for (int p = 0; p < n_parents; p++)
@@ -453,12 +458,11 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
         st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
     const int64_t n_chunks = (n_images + FUSE_CHUNK_IMAGES - 1) / FUSE_CHUNK_IMAGES;
     double t0 = tf_seconds();
-    if (st == TF_OK)
-        st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
+    if (st == TF_OK) st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
     const double t_reduction = tf_seconds() - t0 - ctx.t_forward - ctx.t_sums;
     TF_INFO("fuse timing: statistics on rank 0: forward passes %.3f s, sums %.3f s, waiting and "
-            "reduction %.3f s (%lld values per chunk)", ctx.t_forward, ctx.t_sums, t_reduction,
-            (long long)len);
+            "reduction %.3f s (%lld values per chunk)",
+            ctx.t_forward, ctx.t_sums, t_reduction, (long long)len);
     if (opt->timings) {
         opt->timings->forward += ctx.t_forward;
         opt->timings->sums += ctx.t_sums;
@@ -532,8 +536,7 @@ static void unit_estimate(ot_unit *u, const vit_config *cp, const vit_config *ca
             for (int k = 0; k < 2 + 2 * ca->layers; k++) unit_add(u, dp, da, opt->solver_stream);
     }
     const int first = u->kind == UNIT_LAYER ? u->layer : 0;
-    const int last = u->kind == UNIT_STREAM ? 0 : u->kind == UNIT_LAYER ? u->layer + 1
-                                                                         : ca->layers;
+    const int last = u->kind == UNIT_STREAM ? 0 : u->kind == UNIT_LAYER ? u->layer + 1 : ca->layers;
     for (int l = first; l < last; l++) {
         unit_add(u, cp->mlp, ca->mlp, opt->solver_mlp);
         if (opt->attention == FUSE_ATTN_HEAD_AWARE) {
@@ -636,8 +639,9 @@ static int units_plan(const fuse_view *views, int n_parents, int anchor, const f
         for (int k = 0; k < per_parent; k++) {
             ot_unit *x = &u[count];
             x->parent = p;
-            x->kind = opt->cost == FUSE_COST_WEIGHT ? UNIT_WEIGHT : k == 0 ? UNIT_STREAM
-                                                                          : UNIT_LAYER;
+            x->kind = opt->cost == FUSE_COST_WEIGHT ? UNIT_WEIGHT
+                      : k == 0                      ? UNIT_STREAM
+                                                    : UNIT_LAYER;
             x->layer = k - 1;
             unit_estimate(x, &views[p].cfg, &views[anchor].cfg, opt);
             work[count] = x->work;
@@ -663,8 +667,8 @@ static int units_plan(const fuse_view *views, int n_parents, int anchor, const f
     return count;
 }
 
-static tf_status unit_run(const ot_unit *u, const fuse_view *views, int anchor,
-                          fuse_stats **stats, const fuse_options *opt, fuse_maps **maps)
+static tf_status unit_run(const ot_unit *u, const fuse_view *views, int anchor, fuse_stats **stats,
+                          const fuse_options *opt, fuse_maps **maps)
 {
     const int p = u->parent;
     const fuse_view *parent = &views[p], *anchor_model = &views[anchor];
@@ -672,7 +676,7 @@ static tf_status unit_run(const ot_unit *u, const fuse_view *views, int anchor,
     if (u->kind == UNIT_WEIGHT) {
         if (!parent->vit || !anchor_model->vit)
             return tf_error_set(TF_ERR_ARG, "weight-based costs are implemented for ViT models "
-                                "only; use \"cost\": \"activation\"");
+                                            "only; use \"cost\": \"activation\"");
         return fuse_weight_maps(parent->vit, anchor_model->vit, opt, maps[p]);
     }
     if (u->kind == UNIT_STREAM) {
@@ -688,8 +692,8 @@ static tf_status unit_run(const ot_unit *u, const fuse_view *views, int anchor,
 
 /* The plan slots a unit writes, with their element counts. Returns the count (at most
  * 3 + 7 L). */
-static int unit_slots(const ot_unit *u, fuse_maps *m, const vit_config *cp,
-                      const vit_config *ca, double **slot[], int64_t counts[])
+static int unit_slots(const ot_unit *u, fuse_maps *m, const vit_config *cp, const vit_config *ca,
+                      double **slot[], int64_t counts[])
 {
     const int64_t dd = (int64_t)cp->d * ca->d, ff = (int64_t)cp->mlp * ca->mlp;
     int k = 0;
@@ -837,9 +841,9 @@ static void log_groups(int groups, int group_ranks, int size, int large, int64_t
                        "over groups)",
                        large, large == 1 ? "" : "s", (long long)threshold, t_max);
     for (int k = 0; k < groups && k < LOG_GROUPS && len < (int)sizeof text; k++)
-        len += snprintf(text + len, sizeof text - (size_t)len, "; group %d: %d unit%s, %.3f s", k,
-                        (int)per_group[2 * k], per_group[2 * k] == 1 ? "" : "s",
-                        per_group[2 * k + 1]);
+        len +=
+            snprintf(text + len, sizeof text - (size_t)len, "; group %d: %d unit%s, %.3f s", k,
+                     (int)per_group[2 * k], per_group[2 * k] == 1 ? "" : "s", per_group[2 * k + 1]);
     if (groups > LOG_GROUPS && len < (int)sizeof text)
         snprintf(text + len, sizeof text - (size_t)len, "; %d more groups", groups - LOG_GROUPS);
     TF_INFO("fuse timing: OT process groups of %d ranks (%d group%s, %d rank%s in none): %s",
@@ -847,9 +851,8 @@ static void log_groups(int groups, int group_ranks, int size, int large, int64_t
             size - groups * group_ranks == 1 ? "" : "s", text);
 }
 
-tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents,
-                             int anchor, fuse_stats **stats, const fuse_options *opt,
-                             fuse_maps **maps)
+tf_status fuse_solve_units(MPI_Comm comm, const fuse_view *views, int n_parents, int anchor,
+                           fuse_stats **stats, const fuse_options *opt, fuse_maps **maps)
 {
     return fuse_solve_units_report(comm, views, n_parents, anchor, stats, opt, maps, NULL);
 }
@@ -970,9 +973,8 @@ static tf_status check_compatible(vit_model *const *parents, int n_parents, int 
     const vit_config *a = &parents[anchor]->cfg;
     for (int p = 0; p < n_parents; p++) {
         const vit_config *c = &parents[p]->cfg;
-        if (c->image_size != a->image_size || c->channels != a->channels ||
-            c->patch != a->patch || c->layers != a->layers || c->heads != a->heads ||
-            c->classes != a->classes)
+        if (c->image_size != a->image_size || c->channels != a->channels || c->patch != a->patch ||
+            c->layers != a->layers || c->heads != a->heads || c->classes != a->classes)
             return tf_error_set(TF_ERR_ARG,
                                 "parent %d is incompatible with the anchor (parent %d): image "
                                 "size, channels, patch, layers, heads and classes must match "
@@ -992,48 +994,69 @@ void fuse_view_vit(const vit_model *m, fuse_view *v)
     v->vit = m;
 }
 
-tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents,
-                            int anchor, const float *images, int64_t n_images,
-                            const fuse_options *opt, fuse_maps ***maps_out)
+/* Statistics and maps of the n parents against parents[anchor] into maps[p] (created by
+ * the caller for p != anchor): one statistics pass over all of them, then their OT units.
+ * Collective on comm. */
+static tf_status maps_of(MPI_Comm comm, vit_model *const *parents, int n, int anchor,
+                         const float *images, int64_t n_images, const fuse_options *opt,
+                         fuse_maps **maps)
 {
-    *maps_out = NULL;
-    tf_status st = check_compatible(parents, n_parents, anchor);
-    if (st != TF_OK) return st;
-    fuse_stats **stats = tf_calloc((size_t)n_parents, sizeof *stats);
-    fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    if (!stats || !maps) st = TF_ERR_NOMEM;
+    tf_status st = TF_OK;
+    fuse_stats **stats = tf_calloc((size_t)n, sizeof *stats);
+    fuse_view *views = tf_calloc((size_t)n, sizeof *views);
+    if (!stats || !views) st = TF_ERR_NOMEM;
 
     /* Step 1: activation statistics, sharded over ranks and reduced. */
-    for (int p = 0; st == TF_OK && opt->cost == FUSE_COST_ACTIVATION && p < n_parents; p++) {
+    for (int p = 0; st == TF_OK && opt->cost == FUSE_COST_ACTIVATION && p < n; p++) {
         if (p == anchor) continue;
         stats[p] = fuse_stats_create(&parents[p]->cfg, &parents[anchor]->cfg);
         if (!stats[p]) st = TF_ERR_NOMEM;
     }
     double t0 = tf_seconds();
     if (st == TF_OK && opt->cost == FUSE_COST_ACTIVATION)
-        st = accumulate_stats(comm, parents, n_parents, anchor, images, n_images, opt, stats);
+        st = accumulate_stats(comm, parents, n, anchor, images, n_images, opt, stats);
     if (opt->cost == FUSE_COST_ACTIVATION) {
         TF_INFO("fuse timing: calibration statistics %.3f s (%lld images)", tf_seconds() - t0,
                 (long long)n_images);
         if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
     }
 
-    /* Step 2: the OT problems of all parents, spread over the ranks, then broadcast. */
+    /* Step 2: the OT problems of these parents, spread over the ranks, then broadcast. */
+    for (int p = 0; st == TF_OK && p < n; p++) fuse_view_vit(parents[p], &views[p]);
+    if (st == TF_OK) st = fuse_solve_units(comm, views, n, anchor, stats, opt, maps);
+    for (int p = 0; stats && p < n; p++) fuse_stats_free(&stats[p]);
+    free(stats);
+    free(views);
+    return st;
+}
+
+tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_parents, int anchor,
+                            const float *images, int64_t n_images, const fuse_options *opt,
+                            fuse_maps ***maps_out)
+{
+    *maps_out = NULL;
+    tf_status st = check_compatible(parents, n_parents, anchor);
+    if (st != TF_OK) return st;
+    fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
+    if (!maps) return TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
         maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
         if (!maps[p]) st = TF_ERR_NOMEM;
     }
-    fuse_view *views = tf_calloc((size_t)n_parents, sizeof *views);
-    if (st == TF_OK && !views) st = TF_ERR_NOMEM;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) fuse_view_vit(parents[p], &views[p]);
-    if (st == TF_OK) st = fuse_solve_units(comm, views, n_parents, anchor, stats, opt, maps);
-    free(views);
 
-    for (int p = 0; stats && p < n_parents; p++) fuse_stats_free(&stats[p]);
-    free(stats);
+    /* All parents in one pass, or (per_parent_stats) one parent at a time with the anchor,
+     * which holds the statistics of one parent only. The maps are the same either way. */
+    if (st == TF_OK && !opt->per_parent_stats)
+        st = maps_of(comm, parents, n_parents, anchor, images, n_images, opt, maps);
+    for (int p = 0; st == TF_OK && opt->per_parent_stats && p < n_parents; p++) {
+        if (p == anchor) continue;
+        vit_model *pair[2] = {parents[anchor], parents[p]};
+        fuse_maps *pair_maps[2] = {NULL, maps[p]};
+        st = maps_of(comm, pair, 2, 0, images, n_images, opt, pair_maps);
+    }
     if (st != TF_OK) {
-        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
+        for (int p = 0; p < n_parents; p++) fuse_maps_free(&maps[p]);
         free(maps);
         return st;
     }

@@ -49,20 +49,28 @@ static int64_t gather_bert_block(const bert_model *model, const bert_acts *a, in
         for (int t = 0; t < length; t++) {
             const int64_t row = (int64_t)b * T + t, lrow = (int64_t)l * plane + row;
             const float *x = NULL, *minus = NULL;
-            if (block == BLOCK_X0) x = a->emb_ln + row * d;
+            if (block == BLOCK_X0)
+                x = a->emb_ln + row * d;
             else if (block == BLOCK_PATCH) {
                 x = a->emb + row * d; /* token embedding = embedding sum - position */
                 minus = model->p[BERT_POS_EMB] + (int64_t)t * d;
-            } else if (kind <= BLOCK_V) x = a->qkv + lrow * 3 * d + (int64_t)kind * d;
-            else if (kind == BLOCK_ATTN_OUT) x = a->attn_out + lrow * d;
-            else if (kind == BLOCK_RES1) x = a->ln1 + lrow * d;
-            else if (kind == BLOCK_FC1) x = a->fc1 + lrow * f;
+            } else if (kind <= BLOCK_V)
+                x = a->qkv + lrow * 3 * d + (int64_t)kind * d;
+            else if (kind == BLOCK_ATTN_OUT)
+                x = a->attn_out + lrow * d;
+            else if (kind == BLOCK_RES1)
+                x = a->ln1 + lrow * d;
+            else if (kind == BLOCK_FC1)
+                x = a->fc1 + lrow * f;
             else if (kind == BLOCK_MLP_OUT) {
                 x = a->res2 + lrow * d;
                 minus = a->ln1 + lrow * d;
-            } else if (kind == BLOCK_RES2) x = a->ln2 + lrow * d;
-            else if (kind == BLOCK_LN1) x = stream_in + row * d;
-            else x = a->ln1 + lrow * d; /* BLOCK_LN2: the stream as the MLP reads it */
+            } else if (kind == BLOCK_RES2)
+                x = a->ln2 + lrow * d;
+            else if (kind == BLOCK_LN1)
+                x = stream_in + row * d;
+            else
+                x = a->ln1 + lrow * d; /* BLOCK_LN2: the stream as the MLP reads it */
             double *dst = out + rows * width;
             for (int j = 0; j < width; j++) dst[j] = (double)x[j] - (minus ? minus[j] : 0.0);
             rows++;
@@ -127,8 +135,14 @@ static tf_status bert_accumulate(MPI_Comm comm, bert_model *const *parents, int 
         if (parents[p]->cfg.mlp > max_width) max_width = parents[p]->cfg.mlp;
     }
     const size_t gather = (size_t)FUSE_BERT_CHUNK * T * max_width * sizeof(double);
-    bert_chunk_ctx ctx = {.parents = parents, .n_parents = n_parents, .anchor = anchor, .T = T,
-                          .ids = ids, .lengths = lengths, .n_seqs = n_seqs, .stats = stats};
+    bert_chunk_ctx ctx = {.parents = parents,
+                          .n_parents = n_parents,
+                          .anchor = anchor,
+                          .T = T,
+                          .ids = ids,
+                          .lengths = lengths,
+                          .n_seqs = n_seqs,
+                          .stats = stats};
     int64_t len = 0;
     for (int p = 0; p < n_parents; p++)
         if (p != anchor) len += stats[p]->buffer_len + 1;
@@ -184,11 +198,42 @@ static tf_status bert_check(bert_model *const *parents, int n_parents, int ancho
         return tf_error_set(TF_ERR_ARG, "BERT fusion supports activation costs only");
     if (opt->tokens != FUSE_TOKENS_ALL)
         return tf_error_set(TF_ERR_ARG, "BERT fusion uses every real token as a sample; "
-                            "\"tokens\" must be \"all\"");
+                                        "\"tokens\" must be \"all\"");
     if (opt->repair == FUSE_REPAIR_STREAM)
         return tf_error_set(TF_ERR_ARG, "repair \"stream\" is implemented for ViT models only; "
-                            "use \"mlp\" or \"all\" for BERT parents");
+                                        "use \"mlp\" or \"all\" for BERT parents");
     return TF_OK;
+}
+
+/* Statistics and maps of the n parents against parents[anchor] into maps[p] (created by
+ * the caller for p != anchor): one statistics pass over all of them, then their OT units.
+ * Collective on comm. */
+static tf_status bert_maps_of(MPI_Comm comm, bert_model *const *parents, int n, int anchor,
+                              const int *ids, const int *lengths, int64_t n_seqs,
+                              const fuse_options *opt, fuse_maps **maps)
+{
+    tf_status st = TF_OK;
+    fuse_stats **stats = tf_calloc((size_t)n, sizeof *stats);
+    fuse_view *views = tf_calloc((size_t)n, sizeof *views);
+    if (!stats || !views) st = TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n; p++) bert_view(parents[p], &views[p]);
+
+    /* Step 1: activation statistics over the calibration sequences. */
+    for (int p = 0; st == TF_OK && p < n; p++) {
+        if (p == anchor) continue;
+        stats[p] = fuse_stats_create(&views[p].cfg, &views[anchor].cfg);
+        if (!stats[p]) st = TF_ERR_NOMEM;
+    }
+    const double t0 = tf_seconds();
+    if (st == TF_OK) st = bert_accumulate(comm, parents, n, anchor, ids, lengths, n_seqs, stats);
+    if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
+
+    /* Step 2: the OT problems, shared with the ViT path. */
+    if (st == TF_OK) st = fuse_solve_units(comm, views, n, anchor, stats, opt, maps);
+    for (int p = 0; stats && p < n; p++) fuse_stats_free(&stats[p]);
+    free(stats);
+    free(views);
+    return st;
 }
 
 tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int n_parents,
@@ -198,32 +243,25 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
     *maps_out = NULL;
     tf_status st = bert_check(parents, n_parents, anchor, opt);
     if (st != TF_OK) return st;
-    fuse_stats **stats = tf_calloc((size_t)n_parents, sizeof *stats);
     fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    fuse_view *views = tf_calloc((size_t)n_parents, sizeof *views);
-    if (!stats || !maps || !views) st = TF_ERR_NOMEM;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) bert_view(parents[p], &views[p]);
-
-    /* Step 1: activation statistics over the calibration sequences. */
+    if (!maps) return TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
-        stats[p] = fuse_stats_create(&views[p].cfg, &views[anchor].cfg);
-        maps[p] = fuse_maps_create(views[anchor].cfg.layers);
-        if (!stats[p] || !maps[p]) st = TF_ERR_NOMEM;
+        maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
+        if (!maps[p]) st = TF_ERR_NOMEM;
     }
-    const double t0 = tf_seconds();
-    if (st == TF_OK)
-        st = bert_accumulate(comm, parents, n_parents, anchor, ids, lengths, n_seqs, stats);
-    if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
 
-    /* Step 2: the OT problems, shared with the ViT path. */
-    if (st == TF_OK) st = fuse_solve_units(comm, views, n_parents, anchor, stats, opt, maps);
-
-    for (int p = 0; stats && p < n_parents; p++) fuse_stats_free(&stats[p]);
-    free(stats);
-    free(views);
+    /* All parents in one pass, or one parent at a time with the anchor (per_parent_stats). */
+    if (st == TF_OK && !opt->per_parent_stats)
+        st = bert_maps_of(comm, parents, n_parents, anchor, ids, lengths, n_seqs, opt, maps);
+    for (int p = 0; st == TF_OK && opt->per_parent_stats && p < n_parents; p++) {
+        if (p == anchor) continue;
+        bert_model *pair[2] = {parents[anchor], parents[p]};
+        fuse_maps *pair_maps[2] = {NULL, maps[p]};
+        st = bert_maps_of(comm, pair, 2, 0, ids, lengths, n_seqs, opt, pair_maps);
+    }
     if (st != TF_OK) {
-        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
+        for (int p = 0; p < n_parents; p++) fuse_maps_free(&maps[p]);
         free(maps);
         return st;
     }
@@ -232,12 +270,12 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
 }
 
 /* Appends one entry of the alignment table. */
-static void add(fuse_entry *list, int *n, const char *name, int layer, const float *src,
-                float *dst, int rows_p, int rows_a, int cols_p, int cols_a,
-                enum fuse_group row_group, enum fuse_group col_group, int col_output)
+static void add(fuse_entry *list, int *n, const char *name, int layer, const float *src, float *dst,
+                int rows_p, int rows_a, int cols_p, int cols_a, enum fuse_group row_group,
+                enum fuse_group col_group, int col_output)
 {
-    list[(*n)++] = (fuse_entry){name, layer, src, dst, rows_p, rows_a, cols_p, cols_a,
-                                row_group, col_group, col_output};
+    list[(*n)++] = (fuse_entry){name,   layer,  src,       dst,       rows_p,    rows_a,
+                                cols_p, cols_a, row_group, col_group, col_output};
 }
 
 /* The BERT tensors as alignment entries; returns the count (8 + 16 L at most). */
@@ -268,8 +306,8 @@ static int bert_entries(const bert_model *pm, bert_model *am, fuse_entry *list)
                 D(BERT_QKV_B, (l * 3 + part) * da), dp, da, 1, 1, g, FUSE_GROUP_NONE, 0);
         }
         add(list, &n, "proj_w", l, S(BERT_PROJ_W, (int64_t)l * dp * dp),
-            D(BERT_PROJ_W, (int64_t)l * da * da), dp, da, dp, da, FUSE_GROUP_ATTN_OUT,
-            FUSE_GROUP_V, 0);
+            D(BERT_PROJ_W, (int64_t)l * da * da), dp, da, dp, da, FUSE_GROUP_ATTN_OUT, FUSE_GROUP_V,
+            0);
         add(list, &n, "proj_b", l, S(BERT_PROJ_B, l * dp), D(BERT_PROJ_B, l * da), dp, da, 1, 1,
             FUSE_GROUP_ATTN_OUT, FUSE_GROUP_NONE, 0);
         add(list, &n, "ln1_g", l, S(BERT_LN1_G, l * dp), D(BERT_LN1_G, l * da), dp, da, 1, 1,
@@ -277,13 +315,13 @@ static int bert_entries(const bert_model *pm, bert_model *am, fuse_entry *list)
         add(list, &n, "ln1_b", l, S(BERT_LN1_B, l * dp), D(BERT_LN1_B, l * da), dp, da, 1, 1,
             FUSE_GROUP_STREAM1, FUSE_GROUP_NONE, 0);
         add(list, &n, "fc1_w", l, S(BERT_FC1_W, (int64_t)l * fp * dp),
-            D(BERT_FC1_W, (int64_t)l * fa * da), fp, fa, dp, da, FUSE_GROUP_FC1,
-            FUSE_GROUP_STREAM1, 0);
+            D(BERT_FC1_W, (int64_t)l * fa * da), fp, fa, dp, da, FUSE_GROUP_FC1, FUSE_GROUP_STREAM1,
+            0);
         add(list, &n, "fc1_b", l, S(BERT_FC1_B, l * fp), D(BERT_FC1_B, l * fa), fp, fa, 1, 1,
             FUSE_GROUP_FC1, FUSE_GROUP_NONE, 0);
         add(list, &n, "fc2_w", l, S(BERT_FC2_W, (int64_t)l * dp * fp),
-            D(BERT_FC2_W, (int64_t)l * da * fa), dp, da, fp, fa, FUSE_GROUP_MLP_OUT,
-            FUSE_GROUP_FC1, 0);
+            D(BERT_FC2_W, (int64_t)l * da * fa), dp, da, fp, fa, FUSE_GROUP_MLP_OUT, FUSE_GROUP_FC1,
+            0);
         add(list, &n, "fc2_b", l, S(BERT_FC2_B, l * dp), D(BERT_FC2_B, l * da), dp, da, 1, 1,
             FUSE_GROUP_MLP_OUT, FUSE_GROUP_NONE, 0);
         add(list, &n, "ln2_g", l, S(BERT_LN2_G, l * dp), D(BERT_LN2_G, l * da), dp, da, 1, 1,
@@ -296,8 +334,8 @@ static int bert_entries(const bert_model *pm, bert_model *am, fuse_entry *list)
      * tied decoder. The decoder bias is per vocabulary entry, so it stays as it is. */
     add(list, &n, "head_w", 0, S(BERT_HEAD_W, 0), D(BERT_HEAD_W, 0), dp, da, dp, da,
         FUSE_GROUP_EMBED, FUSE_GROUP_STREAM_FINAL, 0);
-    add(list, &n, "head_b", 0, S(BERT_HEAD_B, 0), D(BERT_HEAD_B, 0), dp, da, 1, 1,
-        FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
+    add(list, &n, "head_b", 0, S(BERT_HEAD_B, 0), D(BERT_HEAD_B, 0), dp, da, 1, 1, FUSE_GROUP_EMBED,
+        FUSE_GROUP_NONE, 0);
     add(list, &n, "head_ln_g", 0, S(BERT_HEAD_LN_G, 0), D(BERT_HEAD_LN_G, 0), dp, da, 1, 1,
         FUSE_GROUP_EMBED, FUSE_GROUP_NONE, 0);
     add(list, &n, "head_ln_b", 0, S(BERT_HEAD_LN_B, 0), D(BERT_HEAD_LN_B, 0), dp, da, 1, 1,
@@ -329,9 +367,10 @@ tf_status fuse_bert_average(bert_model *const *models, const double *weights, in
                             FUSE_MAX_AVERAGE);
     for (int p = 0; p < n; p++) {
         if (models[p]->num_params != out->num_params)
-            return tf_error_set(TF_ERR_ARG, "fuse_bert_average: model %d has %lld parameters, "
-                                "the output %lld", p, (long long)models[p]->num_params,
-                                (long long)out->num_params);
+            return tf_error_set(TF_ERR_ARG,
+                                "fuse_bert_average: model %d has %lld parameters, "
+                                "the output %lld",
+                                p, (long long)models[p]->num_params, (long long)out->num_params);
         buffers[p] = models[p]->params;
     }
     fuse_average_buffers(buffers, weights, n, out->num_params, out->params);

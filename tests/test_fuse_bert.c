@@ -218,6 +218,19 @@ int main(int argc, char **argv)
              moved);
     bert_model_free(&repaired);
 
+    /* Three parents: statistics one parent at a time give the same fused model, bitwise. */
+    bert_model *d = random_bert(3), *three[3] = {a, b, d};
+    fuse_options one_pass = fuse_options_default(), per_parent = one_pass;
+    per_parent.per_parent_stats = 1;
+    bert_model *f1 = fuse_two(three, 3, &one_pass, ids, lengths, n_seqs);
+    bert_model *f2 = fuse_two(three, 3, &per_parent, ids, lengths, n_seqs);
+    if (f1 && f2)
+        TU_CHECK(memcmp(f1->params, f2->params, sizeof(float) * (size_t)f1->num_params) == 0,
+                 "BERT per-parent statistics change the fused model");
+    bert_model_free(&f1);
+    bert_model_free(&f2);
+    bert_model_free(&d);
+
     /* Options that do not apply to BERT are rejected. */
     fuse_maps **maps = NULL;
     opt.repair = FUSE_REPAIR_STREAM;

@@ -6,7 +6,8 @@
  * joint stream map, Sinkhorn with per-join maps and head-aware attention, exact OT with
  * "stream" repair, Sinkhorn with "all" repair, and weight-based exact OT. With
  * ot_dist_threshold set, Sinkhorn problems are solved by all ranks together and the plans
- * must match the 1-rank ones up to the solver's tolerance instead. */
+ * must match the 1-rank ones up to the solver's tolerance instead. Statistics computed one
+ * parent at a time (per_parent_stats) must give bitwise the same plans as one pass. */
 #include "testutil.h"
 #include "tfuse/fuse.h"
 #include "tfuse/vit.h"
@@ -137,6 +138,29 @@ static void check_variant(const char *name, const fuse_options *opt, vit_model *
     vit_model_free(&world);
 }
 
+/* Statistics of one parent at a time must give the same plans, bitwise, as one pass. */
+static void check_per_parent(const char *name, const fuse_options *opt, vit_model **parents,
+                             const float *images)
+{
+    uint64_t hash[2] = {0, 0};
+    for (int mode = 0; mode < 2; mode++) {
+        fuse_options o = *opt;
+        o.per_parent_stats = mode;
+        fuse_maps **maps = NULL;
+        tf_status st =
+            fuse_compute_maps(MPI_COMM_WORLD, parents, N_PARENTS, 0, images, N_IMAGES, &o, &maps);
+        TU_CHECK(st == TF_OK, "%s, per_parent_stats %d: %s", name, mode, tf_error_get());
+        if (st != TF_OK) return;
+        hash[mode] = hash_maps(maps);
+        for (int p = 0; p < N_PARENTS; p++) fuse_maps_free(&maps[p]);
+        free(maps);
+    }
+    TU_CHECK(hash[0] == hash[1],
+             "%s: plans with per-parent statistics (hash %016llx) differ from "
+             "one pass (hash %016llx)",
+             name, (unsigned long long)hash[1], (unsigned long long)hash[0]);
+}
+
 /* Every plan of maps a and b, compared with tolerance. */
 static void compare_maps(const char *name, fuse_maps **a, fuse_maps **b)
 {
@@ -213,6 +237,9 @@ int main(int argc, char **argv)
     sinkhorn_repair.residual = FUSE_RESIDUAL_JOINT;
     sinkhorn_repair.repair = FUSE_REPAIR_ALL;
     check_variant("sinkhorn, repair all", &sinkhorn_repair, parents, images, rank, size);
+
+    check_per_parent("per-parent statistics, exact", &exact, parents, images);
+    check_per_parent("per-parent statistics, sinkhorn", &sinkhorn, parents, images);
 
     fuse_options weight = exact;
     weight.cost = FUSE_COST_WEIGHT;

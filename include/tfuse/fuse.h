@@ -86,6 +86,9 @@ typedef struct {
     int ot_group_ranks;           /* ranks per process group that solves units with such a problem
                                      (consecutive ranks, split with MPI_Comm_split); 0 or more than
                                      the rank count: one group of all ranks */
+    int per_parent_stats;         /* 1: statistics and OT of one parent at a time, holding the
+                                     statistics of one parent instead of all (one more forward
+                                     pass of the anchor per parent); same maps */
     struct fuse_timings *timings; /* if not NULL, receives the seconds of each stage */
 } fuse_options;
 

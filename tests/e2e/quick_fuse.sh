@@ -25,7 +25,7 @@ cat > "$work/job.json" <<JOB
  {"task": "fuse", "parents": ["$work/a.h5", "$work/b.h5"], "calibration_samples": 40,
   "data": {"train_limit": 3000, "test_limit": 1000},
   "methods": [{"name": "vanilla", "method": "vanilla"},
-              {"name": "exact-joint", "solver": "exact"},
+              {"name": "exact-joint", "solver": "exact", "per_parent_statistics": true},
               {"name": "sinkhorn-mean", "solver": "sinkhorn", "epsilon": 0.05, "residual": "mean"},
               {"name": "weights-headaware", "cost": "weight", "attention": "head_aware"}],
   "finetune": {"steps": 5},
