@@ -40,7 +40,7 @@ launch() {
 multi_rank_cases=" invalid_json missing_data existing_output unwritable_output missing_parent
     incompatible_layers too_many_calibration model_nan_weight model_inf_weight
     data_truncated_gzip model_wrong_shape sigterm_mid_training validate_clean
-    hdf5_crash_parent hdf5_crash_first_parent hdf5_hang "
+    hdf5_crash_parent hdf5_crash_first_parent hdf5_hang probe_quiet "
 
 selected() {
     [[ $which == all || " $(echo $multi_rank_cases) " == *" $1 "* ]]
@@ -258,6 +258,26 @@ TFUSE_PROBE_SECONDS=1 parents_case hdf5_hang @M@/endless-decoding.h5 "endless-de
 parents_case hdf5_huge_allocation @M@/huge-allocation.h5 "huge-allocation.h5" "corrupt"
 # The model_* cases above run the model checks in the probe child too, so their precise
 # messages show that a failure found in the child reaches the parent whole.
+
+# Probes of valid parents print nothing: no warning of Open MPI about the fork and no
+# output of the probe children.
+if selected probe_quiet; then
+    write_job probe_quiet '{"tasks": ['"$(fuse @O@/p.h5 @O@/q.h5)"']}'
+    before=$(snapshot)
+    launch --validate "$J/probe_quiet.json" > "$L/probe_quiet.out" 2> "$L/probe_quiet.err"
+    rc=$?
+    if [[ $rc -ne 0 ]]; then
+        fail probe_quiet "exit status $rc: $(head -c 300 "$L/probe_quiet.err")"
+    elif [[ -s $L/probe_quiet.err ]]; then
+        fail probe_quiet "output on stderr: $(head -c 300 "$L/probe_quiet.err")"
+    elif ! grep -q "valid (1 task)" "$L/probe_quiet.out"; then
+        fail probe_quiet "no \"valid\" line: $(head -c 300 "$L/probe_quiet.out")"
+    elif [[ "$before" != "$(snapshot)" ]]; then
+        fail probe_quiet "--validate changed the output directory"
+    else
+        passed=$((passed + 1))
+    fi
+fi
 
 # ---- Incompatible parents and methods --------------------------------------------------
 parents_case incompatible_layers @O@/deep.h5 'parents\[1\]' "layers = 2" "layers = 1"
