@@ -743,6 +743,11 @@ static tf_status report_syntax_error(const char *text, const char *error_at, con
     }
 
     const char *from = error_at - line_start > 24 ? error_at - 24 : line_start;
+    if (from > line_start) {
+        /* Start after a space in the first 12 bytes, so that the excerpt starts at a token. */
+        const char *space = memchr(from, ' ', 12);
+        if (space && space < error_at) from = space + 1;
+    }
     while (from < error_at && (*from == ' ' || *from == '\t')) from++;
     while (from < error_at && ((unsigned char)*from & 0xC0) == 0x80) from++;
     const char *to = error_at;

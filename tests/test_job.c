@@ -227,6 +227,11 @@ static void test_syntax_errors(void)
     expect_error("{\"\xc3\xa9\": 1,, }", "bad.json:1:10: invalid JSON near '{\"\xc3\xa9\": 1,, }'",
                  NULL);
 
+    /* A cut excerpt starts after a space, at the start of a token. */
+    expect_error("{\"tasks\": [{\"task\": \"train\", \"steps\": 10 \"output\": \"x.h5\"}]}",
+                 "bad.json:1:42: invalid JSON near '\"train\", \"steps\": 10 \"output\": \"x'",
+                 NULL);
+
     /* On a long line the excerpt contains 24 characters before the error and 12 after it. */
     char text[512];
     int len = snprintf(text, sizeof text, "{\"description\": \"");
