@@ -69,6 +69,16 @@ typedef struct {
     checked_pairs *cache; /* NULL: no cache */
 } check_ctx;
 
+/* Logs a warning about the job file: "warning: JOB.json: MESSAGE". TF_WARN would put the
+ * C function name where users look for the job file. */
+#define JOB_WARN(ctx, ...) tf_log(TF_LOG_WARN, (ctx)->job ? (ctx)->job->path : "job", __VA_ARGS__)
+
+/* Returns "" for one and "s" for any other count, for plurals in messages. */
+static const char *plural_s(long long count)
+{
+    return count == 1 ? "" : "s";
+}
+
 /* Returns 1 when a and b name the same file: equal strings, or both exist with the same
  * device and inode. */
 static int same_file(const char *a, const char *b)
@@ -125,15 +135,16 @@ static tf_status check_output_dir(const char *path, const char *key, int create)
 }
 
 /* Logs the temporary files "<path>.tmp*" that an interrupted run may have left. */
-static void warn_stale_temporaries(const char *path)
+static void warn_stale_temporaries(const check_ctx *ctx, const char *path)
 {
     char pattern[JOB_PATH_MAX + 8];
     glob_t found;
     snprintf(pattern, sizeof pattern, "%s.tmp*", path);
     if (glob(pattern, GLOB_NOSORT, NULL, &found) != 0) return;
-    TF_WARN("found %zu temporary file(s) such as %s, left by an interrupted run that wrote "
-            "%s; delete them",
-            (size_t)found.gl_pathc, found.gl_pathv[0], path);
+    JOB_WARN(ctx,
+             "found %zu temporary file%s such as %s, left by an interrupted run that wrote "
+             "%s; delete them",
+             (size_t)found.gl_pathc, plural_s((long long)found.gl_pathc), found.gl_pathv[0], path);
     globfree(&found);
 }
 
@@ -147,10 +158,11 @@ static tf_status check_output(const check_ctx *ctx, const char *path, int overwr
     const int resume = ctx->job && ctx->job->resume;
     if (!overwrite && !resume && runner_file_exists(path))
         return tf_error_set(TF_ERR_EXISTS,
-                            "output %s (%s) exists; set \"overwrite\": true in "
-                            "the task or remove the file",
+                            "output %s (%s) exists; set \"overwrite\": true in the task to "
+                            "replace it, set \"resume\": true at the top level of the job to "
+                            "keep it and continue a stopped job, or remove the file",
                             path, key);
-    if (ctx->warn) warn_stale_temporaries(path);
+    if (ctx->warn) warn_stale_temporaries(ctx, path);
     return check_output_dir(path, key, ctx->create_dirs);
 }
 
@@ -161,11 +173,12 @@ static void warn_unused_checkpoint(const check_ctx *ctx, const char *output)
 {
     char path[JOB_PATH_MAX + 128];
     snprintf(path, sizeof path, "%s.ckpt.h5", output);
-    if (ctx->warn) warn_stale_temporaries(path);
+    if (ctx->warn) warn_stale_temporaries(ctx, path);
     if (ctx->warn && !ctx->job->resume && runner_file_exists(path))
-        TF_WARN("checkpoint %s exists, but the job does not set \"resume\": true, so training "
-                "starts from step 0 and replaces it",
-                path);
+        JOB_WARN(ctx,
+                 "checkpoint %s exists, but the job does not set \"resume\": true, so training "
+                 "starts from step 0 and replaces it",
+                 path);
 }
 
 tf_status runner_check_output(const char *path, int overwrite, const char *key)
@@ -246,8 +259,9 @@ static tf_status check_batch(const check_ctx *ctx, int batch, const validate_idx
                             "raise data.train_limit",
                             key, batch, (long long)train->used);
     if (ctx->warn && batch < ctx->ranks)
-        TF_WARN("%s = %d is smaller than the %d ranks, so %d ranks stay idle in each step", key,
-                batch, ctx->ranks, ctx->ranks - batch);
+        JOB_WARN(ctx, "%s = %d is smaller than the %d ranks, so %d %s idle in each step", key,
+                 batch, ctx->ranks, ctx->ranks - batch,
+                 ctx->ranks - batch == 1 ? "rank stays" : "ranks stay");
     return TF_OK;
 }
 
@@ -268,9 +282,10 @@ static tf_status check_train(const check_ctx *ctx, const job_train *t, int index
     snprintf(key, sizeof key, "tasks[%d].batch_size", index);
     if ((st = check_batch(ctx, t->batch_size, &train, key)) != TF_OK) return st;
     if (ctx->warn && test.used < ctx->ranks)
-        TF_WARN("tasks[%d]: %lld test images for %d ranks, so some ranks stay idle during "
-                "evaluation",
-                index, (long long)test.used, ctx->ranks);
+        JOB_WARN(ctx,
+                 "tasks[%d]: %lld test image%s for %d ranks, so some ranks stay idle during "
+                 "evaluation",
+                 index, (long long)test.used, plural_s(test.used), ctx->ranks);
     snprintf(key, sizeof key, "tasks[%d].output", index);
     return check_output(ctx, t->output, t->overwrite, key);
 }
@@ -406,16 +421,18 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
                             "training images; lower it or raise data.train_limit",
                             index, (long long)f->calib_samples, (long long)train.used);
     if (ctx->warn && f->calib_samples < ctx->ranks)
-        TF_WARN("tasks[%d].calibration_samples = %lld is smaller than the %d ranks, so some "
-                "ranks hold no calibration images",
-                index, (long long)f->calib_samples, ctx->ranks);
+        JOB_WARN(ctx,
+                 "tasks[%d].calibration_samples = %lld is smaller than the %d ranks, so some "
+                 "ranks hold no calibration images",
+                 index, (long long)f->calib_samples, ctx->ranks);
     snprintf(key, sizeof key, "tasks[%d].finetune.batch_size", index);
     if (finetune && (st = check_batch(ctx, f->finetune.batch_size, &train, key)) != TF_OK)
         return st;
     if (ctx->warn && test.used < ctx->ranks)
-        TF_WARN("tasks[%d]: %lld test images for %d ranks, so some ranks stay idle during "
-                "evaluation",
-                index, (long long)test.used, ctx->ranks);
+        JOB_WARN(ctx,
+                 "tasks[%d]: %lld test image%s for %d ranks, so some ranks stay idle during "
+                 "evaluation",
+                 index, (long long)test.used, plural_s(test.used), ctx->ranks);
     return check_fuse_outputs(ctx, f, index);
 }
 
@@ -434,8 +451,8 @@ static int job_outputs(const job_file *job, job_output **out)
         if (task->kind == JOB_TASK_TRAIN)
             total++;
         else
-            total += (task->fuse.output_dir[0] ? 2 * task->fuse.n_methods : 0) +
-                     !!task->fuse.report[0];
+            total +=
+                (task->fuse.output_dir[0] ? 2 * task->fuse.n_methods : 0) + !!task->fuse.report[0];
     }
     job_output *list = tf_calloc((size_t)total + 1, sizeof *list);
     if (!list) return -1;
@@ -452,8 +469,8 @@ static int job_outputs(const job_file *job, job_output **out)
             snprintf(list[n++].path, sizeof list[0].path, "%s/%s.h5", f->output_dir,
                      f->methods[m].name);
             if (f->finetune.steps > 0)
-                snprintf(list[n++].path, sizeof list[0].path, "%s/%s-finetuned.h5",
-                         f->output_dir, f->methods[m].name);
+                snprintf(list[n++].path, sizeof list[0].path, "%s/%s-finetuned.h5", f->output_dir,
+                         f->methods[m].name);
         }
         if (f->report[0]) snprintf(list[n++].path, sizeof list[0].path, "%s", f->report);
     }
@@ -577,9 +594,9 @@ static tf_status run_train(MPI_Comm comm, const job_train *t, const job_file *jo
     int64_t per_epoch = train->count / t->batch_size;
     if (per_epoch < 1) per_epoch = 1;
     int64_t steps = t->steps > 0 ? t->steps : per_epoch * t->epochs;
-    TF_INFO("train %s: %lld parameters, %lld images, batch %d, %lld steps (%.2f epochs)", t->name,
-            (long long)model->num_params, (long long)train->count, t->batch_size, (long long)steps,
-            (double)steps / (double)per_epoch);
+    TF_INFO("train %s: %lld parameters, %lld image%s, batch %d, %lld step%s (%.2f epochs)", t->name,
+            (long long)model->num_params, (long long)train->count, plural_s(train->count),
+            t->batch_size, (long long)steps, plural_s(steps), (double)steps / (double)per_epoch);
 
     /* Step 2: data-parallel AdamW. */
     train_options opt = {.steps = steps,

@@ -12,15 +12,19 @@
 
 static void print_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: mpirun -n N tfuse-mpi [--validate] [--verbose] JOB.json\n"
-            "\n"
-            "Runs the tasks of a job file (train ViT parents, fuse them with optimal\n"
-            "transport); the schema is in docs/JOBS.md.\n"
-            "\n"
-            "  --validate  check the job file, its inputs and outputs, then exit\n"
-            "  --verbose   print debug messages (per-problem OT sizes and timings)\n"
-            "  --help      print this help\n");
+    fprintf(out, "usage: mpirun -n N tfuse-mpi [--validate] [--verbose] JOB.json\n"
+                 "\n"
+                 "Runs the tasks of a job file in order: train tasks train parent models and\n"
+                 "fuse tasks fuse them with optimal transport. Both cover two architectures:\n"
+                 "  ViT   image classification on Fashion-MNIST (\"architecture\": \"vit\",\n"
+                 "        the default)\n"
+                 "  BERT  masked language modelling on text, such as a verse corpus\n"
+                 "        (\"architecture\": \"bert\")\n"
+                 "docs/JOBS.md describes every key of a job file, with examples.\n"
+                 "\n"
+                 "  --validate  check the job file, its inputs and outputs, then exit\n"
+                 "  --verbose   print debug messages (per-problem OT sizes and timings)\n"
+                 "  --help      print this help\n");
 }
 
 int main(int argc, char **argv)
@@ -64,6 +68,8 @@ int main(int argc, char **argv)
     if (st != TF_OK) TF_DIE("%s", tf_error_get());
     if (validate_only)
         TF_INFO("%s: valid (%d task%s)", job_path, job->n_tasks, job->n_tasks == 1 ? "" : "s");
+    else if (job->n_tasks == 1)
+        TF_INFO("%s: the task finished in %.1f s", job_path, tf_seconds() - t0);
     else
         TF_INFO("%s: all %d tasks finished in %.1f s", job_path, job->n_tasks, tf_seconds() - t0);
     job_file_free(&job);

@@ -133,7 +133,9 @@ train_data() { # train_data DATA_JSON [MODEL_JSON]: a train task on other data f
 G="@D@/train-images.gz" GL="@D@/train-labels.gz" T="@D@/test-images" TL="@D@/test-labels"
 
 # ---- Job files -------------------------------------------------------------------------
-expect invalid_json '{"tasks": [' "invalid JSON" "line"
+expect invalid_json '{"tasks": [' "invalid_json.json:1:12: invalid JSON near" "ends before the JSON is complete"
+expect json_missing_comma $'{"tasks": [\n  {"task": "train", "steps": 10 "output": "x.h5"}]}' \
+    "json_missing_comma.json:2:33: invalid JSON near" '"steps": 10 "output"'
 expect empty_job '' "invalid JSON"
 expect job_not_object '[1, 2]' "job must be a JSON object"
 expect no_tasks '{"description": "nothing"}' "job.tasks"
@@ -142,7 +144,13 @@ expect unknown_task '{"tasks": [{"task": "evaluate"}]}' 'tasks\[0\].task' "evalu
 expect unknown_key '{"tasks": ['"$(train @O@/x.h5 '"steps": 1, "epohcs": 1')"']}' 'tasks\[0\].epohcs' "did you mean"
 expect duplicate_key '{"tasks": ['"$(train @O@/x.h5 '"steps": 1, "steps": 2')"']}' 'tasks\[0\].steps' "appears twice"
 expect wrong_type '{"tasks": [{"task": "train", "model": {"d": "wide"}, "output": "@O@/x.h5"}]}' \
-    'tasks\[0\].model.d' "integer"
+    'tasks\[0\].model.d' "integer" 'found "wide"'
+expect string_for_integer '{"tasks": ['"$(fuse @O@/p.h5 @O@/q.h5 '"methods": [{"name": "ot"}], "calibration_samples": "400"')"']}' \
+    'tasks\[0\].calibration_samples must be an integer; found "400"'
+expect string_for_bool '{"tasks": ['"$(train @O@/x.h5 '"steps": 1, "overwrite": "yes"')"']}' \
+    'tasks\[0\].overwrite must be true or false; found "yes"'
+expect string_for_weight '{"tasks": [{"task": "fuse", "parents": ["@O@/p.h5", "@O@/q.h5"], "weights": [0.3, "0.7"], "methods": [{"name": "v"}]}]}' \
+    'tasks\[0\].weights\[1\] must be a number >= 0; found "0.7"'
 expect fractional_steps '{"tasks": ['"$(train @O@/x.h5 '"steps": 2.5')"']}' "steps" "integer"
 expect negative_batch '{"tasks": ['"$(train @O@/x.h5 '"batch_size": -4')"']}' "batch_size" "out of range"
 expect patch_not_divisor '{"tasks": [{"task": "train", "model": {"patch": 5}, "output": "@O@/x.h5"}]}' \
@@ -297,7 +305,8 @@ expect later_parent_incompatible '{"tasks": ['"$(train @O@/new.h5)"', '"$(fuse @
     "layers = 2"
 
 # ---- Outputs -----------------------------------------------------------------------------
-expect existing_output '{"tasks": ['"$(train @O@/p.h5)"']}' "p.h5" "exists" "overwrite"
+expect existing_output '{"tasks": ['"$(train @O@/p.h5)"']}' "p.h5" "exists" '"overwrite": true' \
+    '"resume": true at the top level of the job'
 mkdir -p "$O/fused" && cp "$O/q.h5" "$O/fused/ot.h5"
 expect existing_fused_output '{"tasks": ['"$(fuse @O@/p.h5 @O@/q.h5)"']}' "fused/ot.h5" "exists"
 rm -rf "$O/fused"
@@ -378,6 +387,8 @@ if selected validate_clean; then
         fail validate_clean "no warning about the temporary file: $(head -c 300 "$L/validate_clean.err")"
     elif [[ $ranks -gt 1 ]] && ! grep -q "calibration_samples = 1 is smaller than the $ranks ranks" "$L/validate_clean.err"; then
         fail validate_clean "no warning about idle ranks: $(head -c 300 "$L/validate_clean.err")"
+    elif grep '^warning' "$L/validate_clean.err" | grep -qv "^warning: $J/validate_clean.json: "; then
+        fail validate_clean "a warning does not start with the job file: $(grep '^warning' "$L/validate_clean.err" | head -c 300)"
     elif [[ "$before" != "$(snapshot)" || -e $O/not ]]; then
         fail validate_clean "--validate changed the output directory"
     else

@@ -54,15 +54,15 @@ mpirun -n "$ranks" "$tfuse" "$work/make_deep.json" > /dev/null 2>&1 || fail setu
 echo "not an HDF5 file" > "$out/text.h5"
 touch "$work/a_file"
 
-expect invalid_json '{"tasks": [' "invalid JSON" "line"
+expect invalid_json '{"tasks": [' "invalid_json.json:1:12: invalid JSON near" "ends before"
 expect unknown_key '{"tasks": [{"task": "train", '"$model"', "output": "'"$out"'/x.h5", "epohcs": 1}]}' \
     "tasks\[0\].epohcs" "did you mean"
 expect wrong_type '{"tasks": [{"task": "train", "model": {"d": "wide"}, "output": "'"$out"'/x.h5"}]}' \
-    "tasks\[0\].model.d" "integer"
+    "tasks\[0\].model.d" "integer" 'found "wide"'
 expect missing_data '{"tasks": [{"task": "train", '"$model"', "data": {"train_images": "/nonexistent/images.gz"}, "steps": 1, "output": "'"$out"'/x.h5"}]}' \
     "/nonexistent/images.gz" "training images"
 expect existing_output '{"tasks": [{"task": "train", '"$model"', '"$small"', "steps": 1, "output": "'"$out"'/p.h5"}]}' \
-    "p.h5" "exists" "overwrite"
+    "p.h5" "exists" '"overwrite": true' '"resume": true'
 expect unwritable_output '{"tasks": [{"task": "train", '"$model"', '"$small"', "steps": 1, "output": "'"$work"'/a_file/x.h5"}]}' \
     "a_file" "directory"
 expect missing_parent '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/none.h5"], '"$small"', "methods": [{"name": "v", "method": "vanilla"}]}]}' \
@@ -91,6 +91,43 @@ if [[ $? -ne 0 ]] && grep -q -- "--frobnicate" "$work/option.err"; then
 else
     fail unknown_option "no error naming the unknown option"
 fi
+
+# --help names both architectures and the job file documentation.
+mpirun -n 1 "$tfuse" --help > "$work/help.out" 2>&1
+help_ok=1
+for word in "ViT" "Fashion-MNIST" "BERT" "masked language modelling" "docs/JOBS.md"; do
+    if ! grep -q -- "$word" "$work/help.out"; then fail help "lacks \"$word\""; help_ok=0; fi
+done
+if [[ $help_ok -eq 1 ]]; then passed=$((passed + 1)); fi
+
+# A one-task job on one training and one test image: log lines use singular counts, and
+# warnings about the job name the job file, not a C function.
+one='"data": {"train_limit": 1, "test_limit": 1}, "optimizer": {"warmup_steps": 0}, "steps": 1, "batch_size": 1'
+printf '{"tasks": [{"task": "train", %s, %s, "output": "%s/one.h5"}]}\n' "$model" "$one" "$out" \
+    > "$work/one.json"
+mpirun -n "$ranks" "$tfuse" "$work/one.json" > "$work/one.out" 2> "$work/one.err"
+rc=$?
+one_ok=1
+check_one() { # check_one FILE PATTERN: PATTERN (grep -E) must occur in FILE
+    if ! grep -qE -- "$2" "$1"; then fail singular_counts "no \"$2\" in $(head -c 600 "$1")"; one_ok=0; fi
+}
+if [[ $rc -ne 0 ]]; then fail singular_counts "exit status $rc: $(head -c 300 "$work/one.err")"; one_ok=0; fi
+check_one "$work/one.out" "[0-9]+ parameters, 1 image, batch 1, 1 step \("
+check_one "$work/one.out" "one.json: the task finished in"
+if grep -qE "[^0-9]1 (images|steps|tasks|layers)" "$work/one.out"; then
+    fail singular_counts "plural after 1: $(grep -E "[^0-9]1 (images|steps|tasks|layers)" "$work/one.out")"
+    one_ok=0
+fi
+if [[ $ranks -gt 1 ]]; then
+    check_one "$work/one.err" "^warning: $work/one.json: tasks\[0\]\.batch_size = 1 is smaller than the $ranks ranks"
+    check_one "$work/one.err" "^warning: $work/one.json: tasks\[0\]: 1 test image for $ranks ranks"
+    [[ $ranks -eq 2 ]] && check_one "$work/one.err" "so 1 rank stays idle in each step"
+fi
+if grep '^warning' "$work/one.err" | grep -qv "^warning: $work/one.json: "; then
+    fail singular_counts "a warning does not start with the job file: $(grep '^warning' "$work/one.err")"
+    one_ok=0
+fi
+if [[ $one_ok -eq 1 ]]; then passed=$((passed + 1)); fi
 
 leftovers=$(find "$work" -name '*.tmp*' | wc -l)
 if [[ $leftovers -ne 0 ]]; then fail temporaries "$leftovers temporary files left"; else passed=$((passed + 1)); fi
