@@ -147,6 +147,10 @@ static void test_found_values(void)
                  "tasks[0].parents[1] must be a file name; found null", NULL);
     expect_error(TRAIN_HEAD "\"model\": {\"d\": 64.5}}]}",
                  "tasks[0].model.d must be an integer; found 64.5", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {}, \"seed\": 1e20}]}",
+                 "tasks[0].seed = 1e+20 is out of range [0, 4503599627370496]", NULL);
+    expect_error(TRAIN_HEAD "\"model\": {}, \"steps\": -1e400}]}", "tasks[0].steps = -inf",
+                 "out of range");
     expect_error(TRAIN_HEAD "\"model\": {\"d\": true}}]}",
                  "tasks[0].model.d must be an integer; found true", NULL);
     expect_error(TRAIN_HEAD "\"model\": [1, 2]}]}", "tasks[0].model must be a JSON object",
