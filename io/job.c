@@ -125,7 +125,7 @@ static tf_status get_int64(const parse_ctx *ctx, const cJSON *obj, const char *p
     if (!cJSON_IsNumber(item) || v != floor(v))
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s must be an integer; found %s", ctx->file, path,
                             key, excerpt_of(item).text);
-    /* Beyond 9e15 a double no longer holds every integer (and 1e400 parses as inf). */
+    /* Past 2^53 (about 9.007e15) a double skips integers, and 1e400 parses as inf. */
     if (fabs(v) > 9.0e15)
         return tf_error_set(TF_ERR_ARG, "%s: %s.%s = %g is out of range [%lld, %lld]", ctx->file,
                             path, key, v, (long long)lo, (long long)hi);
