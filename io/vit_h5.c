@@ -213,8 +213,9 @@ tf_status vit_model_load(MPI_Comm comm, const char *path, vit_model **out)
     status = vit_model_read(f, "/", out);
     h5f_close(&f);
     if (status == TF_OK)
-        TF_INFO("loaded ViT model '%s': d %d, %d layers, %d heads, %lld parameters", path,
-                (*out)->cfg.d, (*out)->cfg.layers, (*out)->cfg.heads,
+        TF_INFO("loaded ViT model '%s': d %d, %d layer%s, %d head%s, %lld parameters", path,
+                (*out)->cfg.d, (*out)->cfg.layers, (*out)->cfg.layers == 1 ? "" : "s",
+                (*out)->cfg.heads, (*out)->cfg.heads == 1 ? "" : "s",
                 (long long)(*out)->num_params);
     return status;
 }

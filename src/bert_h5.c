@@ -164,8 +164,8 @@ tf_status bert_model_load(MPI_Comm comm, const char *path, bert_model **out)
     st = bert_model_read(f, "/", out);
     h5f_close(&f);
     if (st == TF_OK)
-        TF_INFO("loaded BERT model '%s': V %d, T %d, d %d, %d layers, %lld parameters", path,
+        TF_INFO("loaded BERT model '%s': V %d, T %d, d %d, %d layer%s, %lld parameters", path,
                 (*out)->cfg.vocab, (*out)->cfg.seq_len, (*out)->cfg.d, (*out)->cfg.layers,
-                (long long)(*out)->num_params);
+                (*out)->cfg.layers == 1 ? "" : "s", (long long)(*out)->num_params);
     return st;
 }

@@ -157,10 +157,11 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     const int local_count = (int)((int64_t)global_batch * (rank + 1) / size) - local_first;
     const int64_t pixels = (int64_t)train->rows * train->cols;
     const int64_t per_epoch = train->count / global_batch;
-    if (opt->warmup_steps >= opt->steps)
-        TF_WARN("%s: warmup_steps = %lld is not below the %lld training steps, so the learning "
-                "rate never reaches its peak %g; lower warmup_steps", opt->label,
-                (long long)opt->warmup_steps, (long long)opt->steps, opt->lr);
+    if (rank == 0 && opt->warmup_steps >= opt->steps)
+        TF_WARN("%s: warmup_steps = %lld is not below the %lld training step%s, so the learning "
+                "rate never reaches its peak %g; lower warmup_steps",
+                opt->label ? opt->label : "training", (long long)opt->warmup_steps,
+                (long long)opt->steps, opt->steps == 1 ? "" : "s", opt->lr);
 
     vit_acts *acts = NULL, **teacher_acts = NULL;
     vit_adamw *adam = NULL;
