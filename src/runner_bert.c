@@ -1069,18 +1069,6 @@ static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const be
     return st;
 }
 
-/* Writes the method's resolved settings as JSON text to the attribute fusion_config. */
-static tf_status set_config_attr(h5f_file *h5, const job_method *method)
-{
-    cJSON *config = job_method_json(method);
-    char *text = config ? cJSON_PrintUnformatted(config) : NULL;
-    cJSON_Delete(config);
-    if (!text) return TF_ERR_NOMEM;
-    tf_status st = h5f_set_attr_string(h5, "/", "fusion_config", text);
-    free(text);
-    return st;
-}
-
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
                                    bert_model **parents, const bert_fusion *fu,
                                    const char *vocab_path)
@@ -1093,7 +1081,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     st = bert_model_write(fu->fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
-    if (st == TF_OK) st = set_config_attr(h5, method);
+    if (st == TF_OK) st = runner_set_config_attr(h5, method);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];

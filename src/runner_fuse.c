@@ -155,8 +155,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     return st;
 }
 
-/* Writes the method's resolved settings as JSON text to the attribute fusion_config. */
-static tf_status set_config_attr(h5f_file *h5, const job_method *method)
+tf_status runner_set_config_attr(h5f_file *h5, const job_method *method)
 {
     cJSON *config = job_method_json(method);
     char *text = config ? cJSON_PrintUnformatted(config) : NULL;
@@ -178,7 +177,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     if (st != TF_OK) return st;
     st = vit_model_write(fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
-    if (st == TF_OK) st = set_config_attr(h5, method);
+    if (st == TF_OK) st = runner_set_config_attr(h5, method);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];
