@@ -38,6 +38,8 @@
 #define PROBE_BASE_SECONDS 30.0
 #define PROBE_BYTES_PER_SECOND 50e6 /* an estimate for a slow shared file system */
 #define PROBE_BASE_MEMORY ((size_t)1 << 30)
+/* Largest time limit, so that alarm() and the poll() milliseconds stay in range. */
+#define PROBE_MAX_SECONDS 1e6
 
 enum {
     PROBE_MESSAGE_BYTES = 2048, /* the size of tf_error_get's buffer */
@@ -95,6 +97,7 @@ void probe_limits_for_file(const char *path, probe_limits *limits)
     double seconds = probe_env_number("TFUSE_PROBE_SECONDS");
     double megabytes = probe_env_number("TFUSE_PROBE_MEMORY_MB");
     if (seconds > 0) limits->seconds = seconds;
+    if (limits->seconds > PROBE_MAX_SECONDS) limits->seconds = PROBE_MAX_SECONDS;
     if (megabytes > 0)
         limits->memory_bytes =
             megabytes < (double)(SIZE_MAX >> 21) ? (size_t)(megabytes * 1048576.0) : SIZE_MAX / 2;
@@ -243,7 +246,7 @@ static void probe_child_setup(const probe_limits *limits)
         setrlimit(RLIMIT_AS, &as);
     }
     /* A second time limit, for when the parent is gone before it can kill the child. */
-    alarm((unsigned)ceil(limits->seconds) + 2);
+    alarm((unsigned)ceil(fmin(limits->seconds, PROBE_MAX_SECONDS)) + 2);
 }
 
 static void probe_child(int fd, const probe_limits *limits, const char *path, probe_fn fn,
@@ -303,7 +306,7 @@ static int probe_read(int fd, double deadline, size_t out_bytes, probe_reply *re
         double left = deadline - probe_now();
         if (left <= 0) return 0;
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        int ready = poll(&p, 1, (int)ceil(left * 1000));
+        int ready = poll(&p, 1, (int)ceil(fmin(left, PROBE_MAX_SECONDS) * 1000));
         if (ready < 0 && errno == EINTR) continue;
         if (ready == 0) return 0;
         ssize_t n =

@@ -238,7 +238,7 @@ static tf_status agree(MPI_Comm comm, tf_status st)
 /* Fills this rank's leaves [first, last) in order and pushes each: leaf k is the sum of
  * chunks [k g, (k + 1) g) added into one zeroed buffer in chunk order. */
 static tf_status fill_local(node_stack *s, int64_t first, int64_t last, int64_t g, int64_t n_chunks,
-                            reduce_fill_fn fill, void *ctx)
+                            int64_t len, reduce_fill_fn fill, void *ctx)
 {
     for (int64_t k = first; k < last; k++) {
         double *data = stack_buffer(s);
@@ -246,7 +246,7 @@ static tf_status fill_local(node_stack *s, int64_t first, int64_t last, int64_t 
         memset(data, 0, (size_t)s->len * sizeof(double));
         tf_status st = TF_OK;
         for (int64_t c = k * g; st == TF_OK && c < (k + 1) * g && c < n_chunks; c++)
-            st = fill(c, data, s->len, ctx);
+            st = fill(c, data, len, ctx);
         if (st == TF_OK) st = stack_push(s, k, 0, data);
         if (st != TF_OK) {
             stack_recycle(s, data);
@@ -283,7 +283,7 @@ tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce
 
     /* Step 1: this rank's leaves into the largest complete nodes of its range. */
     if (st == TF_OK)
-        st = fill_local(local, first, last, reduce_leaf_chunks(n_chunks), n_chunks, fill, ctx);
+        st = fill_local(local, first, last, reduce_leaf_chunks(n_chunks), n_chunks, len, fill, ctx);
     st = agree(comm, st);
 
     /* Step 2: rank o adds up segment o of the result: it receives that segment of every

@@ -1012,6 +1012,7 @@ static tf_status maps_of(MPI_Comm comm, vit_model *const *parents, int n, int an
         stats[p] = fuse_stats_create(&parents[p]->cfg, &parents[anchor]->cfg);
         if (!stats[p]) st = TF_ERR_NOMEM;
     }
+    st = fuse_agree(comm, st, "allocating the statistics");
     double t0 = tf_seconds();
     if (st == TF_OK && opt->cost == FUSE_COST_ACTIVATION)
         st = accumulate_stats(comm, parents, n, anchor, images, n_images, opt, stats);
@@ -1038,12 +1039,13 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     tf_status st = check_compatible(parents, n_parents, anchor);
     if (st != TF_OK) return st;
     fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    if (!maps) return TF_ERR_NOMEM;
+    if (!maps) st = TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
         maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
         if (!maps[p]) st = TF_ERR_NOMEM;
     }
+    st = fuse_agree(comm, st, "allocating the maps");
 
     /* All parents in one pass, or (per_parent_stats) one parent at a time with the anchor,
      * which holds the statistics of one parent only. The maps are the same either way. */
@@ -1056,7 +1058,7 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
         st = maps_of(comm, pair, 2, 0, images, n_images, opt, pair_maps);
     }
     if (st != TF_OK) {
-        for (int p = 0; p < n_parents; p++) fuse_maps_free(&maps[p]);
+        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
         free(maps);
         return st;
     }

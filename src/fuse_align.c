@@ -222,6 +222,14 @@ tf_status fuse_align_parent(const vit_model *parent, const fuse_maps *maps, vit_
     return st;
 }
 
+tf_status fuse_agree(MPI_Comm comm, tf_status st, const char *what)
+{
+    int failed = st != TF_OK, any = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any) return tf_error_set(TF_ERR_NOMEM, "%s failed on another rank", what);
+    return st;
+}
+
 tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *const *params,
                             int64_t count, tf_status (*align)(int p, void *ctx), void *ctx)
 {
@@ -232,17 +240,24 @@ tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *con
         return tf_error_set(TF_ERR_ARG, "fuse_align_shared: %d parents; at most %d", n_parents,
                             FUSE_MAX_AVERAGE);
 
-    /* First every rank aligns all of its parents, so that the owners work at the same time;
-     * a failure keeps its message for the broadcast of that parent. */
-    int owner[FUSE_MAX_AVERAGE], status[FUSE_MAX_AVERAGE];
+    /* First every rank aligns all of its parents, so that the owners work at the same time.
+     * After its first failure a rank skips the rest, so that its error stays the current
+     * one; a copy of the message goes out with the broadcast of that parent. */
+    int owner[FUSE_MAX_AVERAGE], status[FUSE_MAX_AVERAGE], failed_here = 0;
     char message[FUSE_MAX_AVERAGE][256];
     for (int p = 0, k = 0; p < n_parents; p++) {
         owner[p] = p == anchor ? -1 : k++ % size;
         status[p] = TF_OK;
         message[p][0] = '\0';
         if (owner[p] != rank) continue;
+        if (failed_here) {
+            status[p] = TF_ERR_ARG;
+            snprintf(message[p], sizeof message[p], "skipped after an earlier failure");
+            continue;
+        }
         status[p] = (int)align(p, ctx);
-        if (status[p] != TF_OK) snprintf(message[p], sizeof message[p], "%s", tf_error_get());
+        failed_here = status[p] != TF_OK;
+        if (failed_here) snprintf(message[p], sizeof message[p], "%s", tf_error_get());
     }
 
     /* Then each owner broadcasts its status, message and parameters, in parent order. */
@@ -254,7 +269,7 @@ tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *con
         if (status[p] != TF_OK) {
             /* The first failure wins; its owner keeps its own message. */
             if (st == TF_OK && rank == owner[p])
-                st = tf_error_set((tf_status)status[p], "%s", message[p]);
+                st = (tf_status)status[p]; /* the full message is still the current error */
             else if (st == TF_OK)
                 st = tf_error_set((tf_status)status[p], "rank %d: %s", owner[p], message[p]);
             continue;

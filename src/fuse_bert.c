@@ -224,6 +224,7 @@ static tf_status bert_maps_of(MPI_Comm comm, bert_model *const *parents, int n, 
         stats[p] = fuse_stats_create(&views[p].cfg, &views[anchor].cfg);
         if (!stats[p]) st = TF_ERR_NOMEM;
     }
+    st = fuse_agree(comm, st, "allocating the statistics");
     const double t0 = tf_seconds();
     if (st == TF_OK) st = bert_accumulate(comm, parents, n, anchor, ids, lengths, n_seqs, stats);
     if (opt->timings) opt->timings->statistics += tf_seconds() - t0;
@@ -244,12 +245,13 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
     tf_status st = bert_check(parents, n_parents, anchor, opt);
     if (st != TF_OK) return st;
     fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    if (!maps) return TF_ERR_NOMEM;
+    if (!maps) st = TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++) {
         if (p == anchor) continue;
         maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
         if (!maps[p]) st = TF_ERR_NOMEM;
     }
+    st = fuse_agree(comm, st, "allocating the maps");
 
     /* All parents in one pass, or one parent at a time with the anchor (per_parent_stats). */
     if (st == TF_OK && !opt->per_parent_stats)
@@ -261,7 +263,7 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
         st = bert_maps_of(comm, pair, 2, 0, ids, lengths, n_seqs, opt, pair_maps);
     }
     if (st != TF_OK) {
-        for (int p = 0; p < n_parents; p++) fuse_maps_free(&maps[p]);
+        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
         free(maps);
         return st;
     }

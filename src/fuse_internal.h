@@ -87,6 +87,10 @@ tf_status fuse_align_matrix(const float *W, int rp, int cp, const double *out_pl
 /* Maximum number of models in one weighted average (a job file allows 64 parents). */
 #define FUSE_MAX_AVERAGE 64
 
+/* Collective on comm. Returns st if it failed, else a failure naming `what` if st failed
+ * on another rank, so that every rank leaves a setup step together. */
+tf_status fuse_agree(MPI_Comm comm, tf_status st, const char *what);
+
 /* out[k] = sum_p weights[p] * buffers[p][k] for k < count, summed in double. */
 void fuse_average_buffers(const float *const *buffers, const double *weights, int n, int64_t count,
                           float *out);

@@ -1019,6 +1019,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
         st = bert_model_create(&parents[f->anchor]->cfg, &fu->aligned[p]);
         if (st == TF_OK) params[p] = fu->aligned[p]->params;
     }
+    st = runner_agree(comm, st, "allocating the aligned parents");
     bert_align_ctx ctx = {parents, fu};
     if (st == TF_OK) {
         bert_model_copy(fu->aligned[f->anchor], parents[f->anchor]);

@@ -133,8 +133,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
         st = vit_model_create(&parents[f->anchor]->cfg, &aligned[p]);
         if (st == TF_OK) params[p] = aligned[p]->params;
     }
-    /* NOTE: a failure above on one rank only would leave the others waiting in the
-     * broadcasts; the allocations are small next to the statistics that succeeded. */
+    st = runner_agree(comm, st, "allocating the aligned parents");
     align_ctx ctx = {parents, aligned, maps};
     if (st == TF_OK) {
         vit_model_copy(aligned[f->anchor], parents[f->anchor]);
@@ -380,6 +379,14 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
     free(calib);
     idx_image_set_free(&train);
     idx_image_set_free(&test);
+    return st;
+}
+
+tf_status runner_agree(MPI_Comm comm, tf_status st, const char *what)
+{
+    int failed = st != TF_OK, any = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any) return tf_error_set(TF_ERR_NOMEM, "%s failed on another rank", what);
     return st;
 }
 

@@ -18,6 +18,9 @@ tf_status runner_write_report(const job_fuse *f, const char *text);
 /* Adds to a method's report item the object "timings" with the seconds of each stage of
  * its fusion on rank 0 (OT stages: maxima over the ranks). Returns 0 if out of memory. */
 int runner_add_timings(struct cJSON *item, const struct fuse_timings *t);
+/* Collective on comm. Returns st if it failed, else a failure naming `what` if st failed
+ * on another rank, so that every rank leaves a setup step together. */
+tf_status runner_agree(MPI_Comm comm, tf_status st, const char *what);
 /* Writes the method's settings with defaults filled in (job_method_json) as JSON text to
  * the root attribute fusion_config of a fused model file. */
 tf_status runner_set_config_attr(struct h5f_file *h5, const job_method *method);

@@ -23,12 +23,15 @@ static double chunk_value(int64_t c, int64_t i)
 typedef struct {
     int64_t fail_at; /* chunk whose fill fails, or -1 */
     int64_t calls;   /* fills done on this rank */
+    int64_t len;     /* values the caller asked for; each fill must receive this count */
+    int64_t bad_len; /* fills that received another count */
 } fill_ctx;
 
 static tf_status fill(int64_t chunk, double *buffer, int64_t len, void *ctx)
 {
     fill_ctx *f = ctx;
     f->calls++;
+    f->bad_len += len != f->len;
     if (chunk == f->fail_at)
         return tf_error_set(TF_ERR_NUMERIC, "chunk %lld failed on purpose", (long long)chunk);
     for (int64_t i = 0; i < len; i++) buffer[i] += chunk_value(chunk, i);
@@ -77,8 +80,10 @@ static void check_count(int64_t n, int64_t len, int rank, int size)
 {
     double *got = malloc((size_t)(len > 0 ? len : 1) * sizeof(double)),
            *want = malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
-    fill_ctx ctx = {.fail_at = -1, .calls = 0};
+    fill_ctx ctx = {.fail_at = -1, .calls = 0, .len = len};
     tf_status st = reduce_chunks_sum(MPI_COMM_WORLD, n, len, fill, &ctx, got);
+    TU_CHECK(ctx.bad_len == 0, "n = %lld, len = %lld: %lld fills received another length",
+             (long long)n, (long long)len, (long long)ctx.bad_len);
     TU_CHECK(st == TF_OK, "n = %lld: reduce_chunks_sum failed: %s", (long long)n, tf_error_get());
     serial_tree(n, len, want);
     int64_t bad = 0, first_bad = -1;
@@ -141,7 +146,7 @@ int main(int argc, char **argv)
 
     /* A fill that fails on one chunk makes every rank fail. */
     double out[4];
-    fill_ctx ctx = {.fail_at = 5, .calls = 0};
+    fill_ctx ctx = {.fail_at = 5, .calls = 0, .len = 4};
     tf_status st = reduce_chunks_sum(MPI_COMM_WORLD, 9, 4, fill, &ctx, out);
     TU_CHECK(st != TF_OK, "a failing fill on chunk 5 returned TF_OK on rank %d", rank);
     int64_t first, last;
