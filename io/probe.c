@@ -384,8 +384,10 @@ static tf_status probe_fork(const char *path, const char *kind, const probe_limi
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
-        return tf_error_set(TF_ERR_IO, "probing %s '%s': fork() failed: %s", kind, path,
-                            strerror(errno));
+        return tf_error_set(TF_ERR_IO,
+                            "probing %s '%s': fork() failed: %s; set TFUSE_PROBE=off to read "
+                            "model files without a probe process",
+                            kind, path, strerror(errno));
     }
 
     /* Read the records until the child closes the pipe or the time limit passes. */
