@@ -23,6 +23,29 @@ int runner_file_exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
+/* Directories this process created, in order, so that a failed job can remove those it
+ * left empty. Directories beyond the first 64 are created but not recorded. */
+enum { CREATED_DIRS_MAX = 64 };
+static char created_dirs[CREATED_DIRS_MAX][JOB_PATH_MAX];
+static int n_created_dirs;
+
+/* mkdir that records a directory it creates; an existing one is fine. */
+static int make_dir(const char *dir)
+{
+    if (mkdir(dir, 0777) == 0) {
+        if (n_created_dirs < CREATED_DIRS_MAX)
+            snprintf(created_dirs[n_created_dirs++], JOB_PATH_MAX, "%s", dir);
+        return 0;
+    }
+    return errno == EEXIST ? 0 : -1;
+}
+
+/* Removes, newest first, the directories this process created that are still empty. */
+static void remove_created_dirs(void)
+{
+    while (n_created_dirs > 0) rmdir(created_dirs[--n_created_dirs]);
+}
+
 tf_status runner_make_parent_dirs(const char *path)
 {
     char dir[JOB_PATH_MAX];
@@ -33,11 +56,11 @@ tf_status runner_make_parent_dirs(const char *path)
     for (char *p = dir + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        if (make_dir(dir) != 0)
             return tf_error_set(TF_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
         *p = '/';
     }
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+    if (make_dir(dir) != 0)
         return tf_error_set(TF_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
     if (access(dir, W_OK) != 0)
         return tf_error_set(TF_ERR_IO, "output directory %s is not writable: %s", dir,
@@ -636,7 +659,10 @@ done:
 tf_status runner_run_job(MPI_Comm comm, const job_file *job, int validate_only)
 {
     tf_status st = check_job_on_root(comm, job, validate_only);
-    if (st != TF_OK || validate_only) return st;
+    if (st != TF_OK || validate_only) {
+        remove_created_dirs();
+        return st;
+    }
     for (int i = 0; st == TF_OK && i < job->n_tasks; i++) {
         const job_task *task = &job->tasks[i];
         double t0 = tf_seconds();
@@ -647,5 +673,8 @@ tf_status runner_run_job(MPI_Comm comm, const job_file *job, int validate_only)
                     task->kind == JOB_TASK_TRAIN ? task->train.name : task->fuse.name,
                     tf_seconds() - t0);
     }
+    /* A failed job leaves no directory of its own behind unless something was written in
+     * it. Every rank has returned from the failed task, so no file is being written. */
+    if (st != TF_OK) remove_created_dirs();
     return st;
 }

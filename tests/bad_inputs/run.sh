@@ -53,10 +53,10 @@ write_job() {
         > "$J/$1.json"
 }
 
-# Lists every file under out/ with its checksum. Directories are left out: a run that
-# passes validation creates its output directories before it computes.
+# Lists every file under out/ with its checksum, then every directory: a run that fails
+# after validation removes the output directories it created and left empty.
 snapshot() {
-    (cd "$O" && find . -type f -print0 | sort -z | xargs -0 -r md5sum)
+    (cd "$O" && find . -type f -print0 | sort -z | xargs -0 -r md5sum && find . -type d | sort)
 }
 
 # check_failure NAME RC WORD...: checks the exit status, the message and the outputs of a
