@@ -3,14 +3,14 @@
  * The tree's leaves are runs of reduce_leaf_chunks(n) consecutive chunks (one chunk each
  * up to REDUCE_MAX_LEAVES chunks). Each rank keeps a stack of complete tree nodes in
  * increasing leaf order. Pushing a node merges it with the node below while the two are the
- * left and right child of one parent, so the stack always contains the largest complete
+ * left and right child of one parent. So the stack always contains the largest complete
  * nodes of the leaves seen so far: at most about 2 log2(leaves) + 1 of them for a range
  * that starts anywhere, and log2(leaves) + 1 for a range that starts at leaf 0.
  *
- * The ranks then combine their stacks as a reduce-scatter followed by an all-gather: the
- * values are cut into one segment per rank, rank o receives segment o of every rank's
+ * The ranks then combine their stacks as a reduce-scatter followed by an all-gather. The
+ * values are cut into one segment per rank. Rank o receives segment o of every rank's
  * nodes and pushes them, in rank order, onto a stack of segment-length nodes, where the
- * same merge rule completes the tree; then each rank broadcasts its segment. Every rank
+ * same merge rule completes the tree. Then each rank broadcasts its segment. Every rank
  * sends and receives about 2 len (size - 1) / size values plus the nodes beyond the first
  * of its stack, whatever the number of ranks, and does 1 / size of the final additions. */
 #include "tfuse/reduce.h"
@@ -162,8 +162,8 @@ static int64_t pieces(int64_t len)
 }
 
 /* Starts sending, to every other rank o, this rank's node list and the o-th segment of
- * each node. head holds the list ([count, start, level, ...]) and, like the nodes, must
- * stay unchanged until the requests complete. Returns the number of requests. */
+ * each node. head is the list ([count, start, level, ...]). It and the nodes must stay
+ * unchanged until the requests complete. Returns the number of requests. */
 static int start_sends(MPI_Comm comm, int rank, int size, const node_stack *local, int64_t len,
                        const int64_t *head, MPI_Request *req)
 {
@@ -198,7 +198,7 @@ static tf_status push_copy(node_stack *seg, int64_t start, int64_t level, double
 }
 
 /* Receives, from every rank in rank order (which is leaf order), its nodes' values in
- * this rank's segment [lo, hi), and pushes them onto seg; this rank's own nodes are copied
+ * this rank's segment [lo, hi), and pushes them onto seg. This rank's own nodes are copied
  * in at their place. After a failure the rest is still received, so that no sender blocks
  * forever. */
 static tf_status gather_segment(MPI_Comm comm, int rank, int size, const node_stack *local,
@@ -302,7 +302,7 @@ tf_status reduce_chunks_sum(MPI_Comm comm, int64_t n_chunks, int64_t len, reduce
         }
         MPI_Request *req = tf_malloc((size_t)n_req * sizeof *req);
         /* NOTE: the other ranks are already waiting for this rank's nodes, so a failed
-         * allocation of the request list cannot be reported; it ends the job in MPI. */
+         * allocation of the request list cannot be reported. It ends the job in MPI. */
         if (!req) tf_mpi_fail(MPI_ERR_NO_MEM, "reduction requests", __FILE__, __LINE__);
         int n = start_sends(comm, rank, size, local, len, head, req);
         st = gather_segment(comm, rank, size, local, lo, hi, seg, &incoming);

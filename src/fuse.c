@@ -1048,7 +1048,7 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     st = fuse_agree(comm, st, "allocating the maps");
 
     /* All parents in one pass, or (per_parent_stats) one parent at a time with the anchor,
-     * which holds the statistics of one parent only. The maps are the same either way. */
+     * which keeps the statistics of one parent only. The maps are the same either way. */
     if (st == TF_OK && !opt->per_parent_stats)
         st = maps_of(comm, parents, n_parents, anchor, images, n_images, opt, maps);
     for (int p = 0; st == TF_OK && opt->per_parent_stats && p < n_parents; p++) {

@@ -242,7 +242,7 @@ tf_status fuse_align_shared(MPI_Comm comm, int n_parents, int anchor, float *con
 
     /* First every rank aligns all of its parents, so that the owners work at the same time.
      * After its first failure a rank skips the rest, so that its error stays the current
-     * one; a copy of the message goes out with the broadcast of that parent. */
+     * one. A copy of the message goes out with the broadcast of that parent. */
     int owner[FUSE_MAX_AVERAGE], status[FUSE_MAX_AVERAGE], failed_here = 0;
     char message[FUSE_MAX_AVERAGE][256];
     for (int p = 0, k = 0; p < n_parents; p++) {

@@ -98,7 +98,7 @@ static tf_status align_one(int p, void *ctx)
 
 /* Builds one fused model: the weighted average of the parents (vanilla) or of the parents
  * aligned to the anchor with OT, adding the stage times to *timings. On success
- * *aligned_out holds the aligned parents and *maps_out the maps (both NULL for vanilla),
+ * *aligned_out contains the aligned parents and *maps_out the maps (both NULL for vanilla),
  * freed by the caller. */
 static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method *method,
                               vit_model **parents, const float *calib, vit_model *fused,

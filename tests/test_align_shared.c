@@ -1,6 +1,6 @@
 /* fuse_align_shared: every rank ends with every parent's parameters, each parent is
- * aligned exactly once (by its owner), the anchor is left alone, and a failure on the
- * owner of one parent reaches every rank with the owner's message; the owner skips its
+ * aligned exactly once (by its owner), and the anchor is left alone. A failure on the
+ * owner of one parent reaches every rank with the owner's message. The owner skips its
  * later parents, and the other ranks' parents are still shared. */
 #include "testutil.h"
 #include "tfuse/fuse.h"

@@ -42,6 +42,7 @@ def main():
                          "finetuned_accuracy": 0.1173},
                         {"name": "no-finetune", "one_shot_loss": 6.0,
                          "one_shot_perplexity": 403.4, "one_shot_accuracy": 0.11}]}
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for name, report in (("vit.json", vit), ("bert.json", bert)):
@@ -50,12 +51,15 @@ def main():
                 json.dump(report, f)
         out = subprocess.run([sys.executable, tool] + paths, capture_output=True, text=True,
                              check=True).stdout
+
     vit_part, bert_part = out.split("`" + paths[1] + "`")
     v = rows(vit_part)
     check(v.get("parent 0: parent-a.h5 (anchor)") == ["87.61"], f"ViT anchor row: {v}")
     check(v.get("parent 1: parent-b.h5") == ["87.91"], f"ViT parent row: {v}")
-    check(v.get("vanilla") == ["21.50"] and v.get("ot") == ["75.00"], f"ViT methods: {v}")
+    check(v.get("vanilla") == ["21.50"], f"ViT vanilla row: {v}")
+    check(v.get("ot") == ["75.00"], f"ViT OT row: {v}")
     check("after" not in vit_part, "ViT report without finetune shows finetune columns")
+
     b = rows(bert_part)
     check(b.get("parent 0: p.h5 (anchor)") == ["5.602", "270.8", "12.59", "", "", ""],
           f"BERT parent row: {b}")
@@ -65,12 +69,16 @@ def main():
           f"BERT method without finetune: {b}")
     check("after 40 steps, loss" in bert_part, "BERT finetune column header missing")
     check("Unigram baseline: 5.881 nats over 5718" in bert_part, "BERT unigram line missing")
+
     helped = subprocess.run([sys.executable, tool, "--help"], capture_output=True, text=True)
-    check(helped.returncode == 0 and "usage:" in helped.stdout, f"--help: {helped}")
+    check(helped.returncode == 0, f"--help exit status: {helped}")
+    check("usage:" in helped.stdout, f"--help text: {helped}")
     missing = subprocess.run([sys.executable, tool, "/nonexistent/report.json"],
                              capture_output=True, text=True)
-    check(missing.returncode == 1 and "cannot read /nonexistent/report.json" in missing.stderr
-          and "Traceback" not in missing.stderr, f"missing file: {missing}")
+    check(missing.returncode == 1, f"missing file exit status: {missing}")
+    check("cannot read /nonexistent/report.json" in missing.stderr, f"missing file message: {missing}")
+    check("Traceback" not in missing.stderr, f"missing file traceback: {missing}")
+
     print(f"report_table: {failures} failed")
     return 1 if failures else 0
 

@@ -19,7 +19,7 @@
 #include "tfuse/common.h"
 
 /* Adds the contribution of chunk `chunk` into buffer (len doubles), which is zeroed before
- * the first chunk of each leaf and holds the earlier chunks of the leaf otherwise. Must
+ * the first chunk of each leaf and contains the earlier chunks of the leaf otherwise. Must
  * add, never overwrite, and depend only on the chunk index, never on the rank, for the
  * result to be reproducible. Returns TF_OK, or a status with a message set by
  * tf_error_set. */
@@ -41,7 +41,7 @@ void reduce_chunk_range(int64_t n_chunks, int rank, int size, int64_t *first, in
  * reduce_chunk_range in order, leaf by leaf, and adds the leaves into the largest complete
  * tree nodes of its range. Rank o then receives segment o (values [len o / size, len (o + 1) /
  * size)) of every rank's nodes, adds them in chunk order on the same tree, and broadcasts the
- * result's segment. A rank holds at most about 2 log2(leaves) + 2 <= 22 buffers of len
+ * result's segment. A rank keeps at most about 2 log2(leaves) + 2 <= 22 buffers of len
  * doubles, plus as many of len / size, never one per chunk. n_chunks = 0 gives zeros.
  * If fill fails on any rank, every rank returns a failure (the failing rank keeps its own
  * message) and result is unspecified. */

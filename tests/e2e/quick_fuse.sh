@@ -97,11 +97,11 @@ for m in report["methods"]:
 check(all(m.get("resumed") is False for m in first["methods"]), "first report: nothing resumed")
 check(first.get("finetune", {}).get("steps") == first["finetune_steps"], "finetune settings in the report")
 job = json.load(open(os.path.join(work, "job.json")))
-asked = {m["name"]: m for m in job["tasks"][2]["methods"]}
+requested = {m["name"]: m for m in job["tasks"][2]["methods"]}
 for m in first["methods"]:
     config = m.get("config", {})
-    check(all(config.get(k) == v for k, v in asked[m["name"]].items()),
-          f"{m['name']} config {config} contains the job's settings {asked[m['name']]}")
+    check(all(config.get(k) == v for k, v in requested[m["name"]].items()),
+          f"{m['name']} config {config} contains the job's settings {requested[m['name']]}")
     if m["method"] == "ot":
         check({"cost", "solver", "residual", "attention", "tokens", "distance", "normalize",
                "repair", "zscore"} <= set(config), f"{m['name']} config lists the defaults too")
