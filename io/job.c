@@ -433,6 +433,9 @@ cJSON *job_method_json(const job_method *m)
     if (!j) return NULL;
     int ok = cJSON_AddStringToObject(j, "name", m->name) != NULL &&
              cJSON_AddStringToObject(j, "method", kinds[m->kind == JOB_METHOD_OT]) != NULL;
+    cJSON *w = ok && m->n_weights > 0 ? cJSON_CreateDoubleArray(m->weights, m->n_weights) : NULL;
+    if (w) cJSON_AddItemToObject(j, "weights", w);
+    ok = ok && (w != NULL || m->n_weights == 0);
     if (m->kind == JOB_METHOD_OT) {
         ok = ok && cJSON_AddStringToObject(j, "cost", costs[o->cost]) &&
              cJSON_AddStringToObject(j, "solver", solvers[o->solver]) &&
@@ -472,16 +475,59 @@ cJSON *job_finetune_json(const job_finetune *f)
     return ok ? j : NULL;
 }
 
-static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char *path,
-                              job_method *m)
+/* Reads obj's optional "weights": n numbers >= 0 that sum to 1. Without the key, weights
+ * keeps its contents; *present (if not NULL) tells whether the key was there. */
+static tf_status parse_weights(const parse_ctx *ctx, const cJSON *obj, const char *path, int n,
+                               double *weights, int *present)
 {
-    static const char *const keys[] = {"name",       "method",          "cost",
-                                       "solver",     "epsilon",         "solver_attention",
-                                       "solver_mlp", "solver_stream",   "residual",
-                                       "attention",  "tokens",          "window",
-                                       "zscore",     "distance",        "normalize",
-                                       "repair",     "stream_features", "ot_distributed_threshold",
-                                       "ot_group_ranks", "per_parent_statistics", NULL};
+    const cJSON *item_w = cJSON_GetObjectItemCaseSensitive(obj, "weights");
+    if (present) *present = item_w != NULL;
+    if (!item_w) return TF_OK;
+    if (!cJSON_IsArray(item_w) || cJSON_GetArraySize(item_w) != n)
+        return tf_error_set(TF_ERR_ARG,
+                            "%s: %s.weights must be an array of %d numbers, one per "
+                            "parent; found %s",
+                            ctx->file, path, n, excerpt_of(item_w).text);
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *item = cJSON_GetArrayItem(item_w, i);
+        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0) || !isfinite(item->valuedouble))
+            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0; found %s",
+                                ctx->file, path, i, excerpt_of(item).text);
+        sum += item->valuedouble;
+    }
+    if (fabs(sum - 1.0) > 1e-9)
+        return tf_error_set(TF_ERR_ARG, "%s: %s.weights sum to %.12g; they must sum to 1",
+                            ctx->file, path, sum);
+    for (int i = 0; i < n; i++) weights[i] = cJSON_GetArrayItem(item_w, i)->valuedouble;
+    return TF_OK;
+}
+
+static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char *path,
+                              const job_fuse *f, job_method *m)
+{
+    static const char *const keys[] = {"name",
+                                       "method",
+                                       "cost",
+                                       "solver",
+                                       "epsilon",
+                                       "solver_attention",
+                                       "solver_mlp",
+                                       "solver_stream",
+                                       "residual",
+                                       "attention",
+                                       "tokens",
+                                       "window",
+                                       "zscore",
+                                       "distance",
+                                       "normalize",
+                                       "repair",
+                                       "stream_features",
+                                       "ot_distributed_threshold",
+                                       "ot_group_ranks",
+                                       "per_parent_statistics",
+                                       "weights",
+                                       NULL};
     fuse_options *o = &m->ot;
     *o = fuse_options_default();
     int kind = 0, v = 0;
@@ -496,6 +542,9 @@ static tf_status parse_method(const parse_ctx *ctx, const cJSON *obj, const char
                                 ctx->file, path, m->name);
     TRY(get_choice(ctx, obj, path, "method", kinds, 1, &kind));
     m->kind = kind == 0 ? JOB_METHOD_VANILLA : JOB_METHOD_OT;
+    m->n_weights = f->n_parents;
+    memcpy(m->weights, f->weights, (size_t)f->n_parents * sizeof *m->weights);
+    TRY(parse_weights(ctx, obj, path, f->n_parents, m->weights, &m->own_weights));
     TRY(get_choice(ctx, obj, path, "cost", costs, 0, &v));
     o->cost = (enum fuse_cost)v;
     TRY(get_choice(ctx, obj, path, "solver", solvers, 0, &v));
@@ -587,28 +636,9 @@ static tf_status parse_parents(const parse_ctx *ctx, const cJSON *obj, const cha
         snprintf(f->parents[i], JOB_PATH_MAX, "%s", item->valuestring);
     }
     TRY(get_int(ctx, obj, path, "anchor", 0, 0, 0, n - 1, &f->anchor));
-
-    const cJSON *weights = cJSON_GetObjectItemCaseSensitive(obj, "weights");
     for (int i = 0; i < n; i++) f->weights[i] = 1.0 / n;
-    if (!weights) return TF_OK;
-    if (!cJSON_IsArray(weights) || cJSON_GetArraySize(weights) != n)
-        return tf_error_set(TF_ERR_ARG,
-                            "%s: %s.weights must be an array of %d numbers, one per "
-                            "parent; found %s",
-                            ctx->file, path, n, excerpt_of(weights).text);
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        const cJSON *item = cJSON_GetArrayItem(weights, i);
-        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 0) || !isfinite(item->valuedouble))
-            return tf_error_set(TF_ERR_ARG, "%s: %s.weights[%d] must be a number >= 0; found %s",
-                                ctx->file, path, i, excerpt_of(item).text);
-        f->weights[i] = item->valuedouble;
-        sum += item->valuedouble;
-    }
-    if (fabs(sum - 1.0) > 1e-9)
-        return tf_error_set(TF_ERR_ARG, "%s: %s.weights sum to %.12g; they must sum to 1",
-                            ctx->file, path, sum);
-    return TF_OK;
+
+    return parse_weights(ctx, obj, path, n, f->weights, NULL);
 }
 
 static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *path, job_fuse *f)
@@ -660,7 +690,7 @@ static tf_status parse_fuse(const parse_ctx *ctx, const cJSON *obj, const char *
                             ctx->file, path, f->n_methods, JOB_MAX_METHODS);
     for (int i = 0; i < f->n_methods; i++) {
         snprintf(sub, sizeof sub, "%s.methods[%d]", path, i);
-        TRY(parse_method(ctx, cJSON_GetArrayItem(methods, i), sub, &f->methods[i]));
+        TRY(parse_method(ctx, cJSON_GetArrayItem(methods, i), sub, f, &f->methods[i]));
         for (int j = 0; j < i; j++)
             if (strcmp(f->methods[i].name, f->methods[j].name) == 0)
                 return tf_error_set(TF_ERR_ARG, "%s: %s.name = \"%s\" is used twice", ctx->file,

@@ -1002,7 +1002,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
                                     "has %lld parameters and the anchor %lld",
                                     p, (long long)parents[p]->num_params,
                                     (long long)fu->fused->num_params);
-        return fuse_bert_average(parents, f->weights, n, fu->fused);
+        return fuse_bert_average(parents, method->weights, n, fu->fused);
     }
     fuse_options opt = method->ot;
     opt.timings = timings;
@@ -1027,11 +1027,11 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
                                &ctx);
     }
     free(params);
-    if (st == TF_OK) st = fuse_bert_average(fu->aligned, f->weights, n, fu->fused);
+    if (st == TF_OK) st = fuse_bert_average(fu->aligned, method->weights, n, fu->fused);
     double t1 = tf_seconds();
     if (st == TF_OK)
-        st = fuse_bert_repair(comm, fu->fused, fu->aligned, f->weights, n, calib_ids, calib_lengths,
-                              f->calib_samples, method->ot.repair);
+        st = fuse_bert_repair(comm, fu->fused, fu->aligned, method->weights, n, calib_ids,
+                              calib_lengths, f->calib_samples, method->ot.repair);
     timings->alignment += t1 - t0;
     timings->repair += tf_seconds() - t1;
     return st;

@@ -115,7 +115,7 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
                                     "method %s: vanilla averaging needs parents "
                                     "of equal widths; parent %d differs from the anchor",
                                     method->name, p);
-        return fuse_average(parents, f->weights, n, fused);
+        return fuse_average(parents, method->weights, n, fused);
     }
     fuse_maps **maps = NULL;
     fuse_options opt = method->ot;
@@ -141,10 +141,10 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
                                align_one, &ctx);
     }
     free(params);
-    if (st == TF_OK) st = fuse_average(aligned, f->weights, n, fused);
+    if (st == TF_OK) st = fuse_average(aligned, method->weights, n, fused);
     double t1 = tf_seconds();
     if (st == TF_OK)
-        st = fuse_repair(comm, fused, aligned, f->weights, n, calib, f->calib_samples,
+        st = fuse_repair(comm, fused, aligned, method->weights, n, calib, f->calib_samples,
                          method->ot.repair);
     timings->alignment += t1 - t0;
     timings->repair += tf_seconds() - t1;

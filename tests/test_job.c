@@ -17,7 +17,8 @@ static void test_valid(void)
         "  \"anchor\": 1, \"weights\": [0.25, 0.5, 0.25],"
         "  \"methods\": [{\"name\": \"vanilla\", \"method\": \"vanilla\"},"
         "               {\"name\": \"ot\", \"solver\": \"sinkhorn\", \"epsilon\": 0.05,"
-        "                \"residual\": \"mean\", \"attention\": \"head_aware\"}],"
+        "                \"residual\": \"mean\", \"attention\": \"head_aware\","
+        "                \"weights\": [0, 0.875, 0.125]}],"
         "  \"finetune\": {\"steps\": 50}, \"report\": \"out/r.json\"}]}";
     job_file *job = NULL;
     tf_status st = job_file_parse(text, "valid.json", &job);
@@ -42,6 +43,16 @@ static void test_valid(void)
                  f->methods[1].ot.attention == FUSE_ATTN_HEAD_AWARE,
              "OT options wrong");
     TU_CHECK(f->finetune.steps == 50 && f->finetune.batch_size == 128, "finetune wrong");
+    /* A method without "weights" takes the task's; its own replace them for that method
+     * only, and the task's stay for the distillation targets. */
+    const job_method *m0 = &f->methods[0], *m1 = &f->methods[1];
+    TU_CHECK(!m0->own_weights && m0->n_weights == 3 && m0->weights[0] == 0.25 &&
+                 m0->weights[1] == 0.5 && m0->weights[2] == 0.25,
+             "method 0 must take the task's weights");
+    TU_CHECK(m1->own_weights && m1->n_weights == 3 && m1->weights[0] == 0 &&
+                 m1->weights[1] == 0.875 && m1->weights[2] == 0.125,
+             "method 1 weights wrong: %g %g %g", m1->weights[0], m1->weights[1], m1->weights[2]);
+    TU_CHECK(f->weights[0] == 0.25 && f->weights[2] == 0.25, "method weights changed the task's");
     job_file_free(&job);
     TU_CHECK(job == NULL, "job_file_free must null the pointer");
 }
@@ -103,6 +114,12 @@ static void test_invalid(void)
                  "tasks[0].weights", "sum to 1");
     expect_error(FUSE_HEAD "\"weights\": [1], \"methods\": [{\"name\": \"v\"}]}]}",
                  "tasks[0].weights", "one per parent");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"weights\": [0.9, 0.2]}]}]}",
+                 "tasks[0].methods[0].weights", "sum to 1");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"weights\": [1, 0, 0]}]}]}",
+                 "tasks[0].methods[0].weights must be an array of 2 numbers", "[1,0,0]");
+    expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"weights\": [1.5, -0.5]}]}]}",
+                 "tasks[0].methods[0].weights[1] must be a number >= 0", "-0.5");
     expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"solver\": \"hungarian\"}]}]}",
                  "tasks[0].methods[0].solver", "exact, sinkhorn");
     expect_error(FUSE_HEAD "\"methods\": [{\"name\": \"v\", \"residul\": \"mean\"}]}]}",

@@ -68,6 +68,12 @@ typedef struct {
     char name[JOB_NAME_MAX];
     enum job_method_kind kind;
     fuse_options ot;
+    /* Averaging weights of this method, one per parent: the method's own "weights" or,
+     * without that key, a copy of the task's. The task's weights also weigh the
+     * parents' predictions in a finetune's distillation targets. */
+    int n_weights;
+    int own_weights; /* 1: from the method's "weights" key */
+    double weights[JOB_MAX_PARENTS];
 } job_method;
 
 typedef struct {

@@ -27,7 +27,8 @@ cat > "$work/job.json" <<JOB
   "methods": [{"name": "vanilla", "method": "vanilla"},
               {"name": "exact-joint", "solver": "exact", "per_parent_statistics": true},
               {"name": "sinkhorn-mean", "solver": "sinkhorn", "epsilon": 0.05, "residual": "mean"},
-              {"name": "weights-headaware", "cost": "weight", "attention": "head_aware"}],
+              {"name": "weights-headaware", "cost": "weight", "attention": "head_aware"},
+              {"name": "only-b", "method": "vanilla", "weights": [0, 1]}],
   "finetune": {"steps": 5},
   "output_dir": "$work/fused", "report": "$work/report.json", "save_aligned": true}
 ]}
@@ -63,7 +64,16 @@ check(len(report["parents"]) == 2, "two parents in the report")
 for p in report["parents"]:
     check(p["test_accuracy"] > 0.5, f"parent {p['file']} accuracy {p['test_accuracy']} > 0.5")
 names = [m["name"] for m in report["methods"]]
-check(names == ["vanilla", "exact-joint", "sinkhorn-mean", "weights-headaware"], f"methods {names}")
+check(names == ["vanilla", "exact-joint", "sinkhorn-mean", "weights-headaware", "only-b"],
+      f"methods {names}")
+# A method's own weights replace the task's: weights [0, 1] give parent b unchanged.
+only_b = report["methods"][-1]
+check(only_b["one_shot_accuracy"] == report["parents"][1]["test_accuracy"],
+      f"only-b one-shot {only_b['one_shot_accuracy']} equals parent b's accuracy")
+with h5py.File(os.path.join(work, "fused", "only-b.h5"), "r") as f, \
+     h5py.File(os.path.join(work, "b.h5"), "r") as g:
+    same = all((f["params"][k][...] == g["params"][k][...]).all() for k in g["params"])
+    check(same, "only-b.h5 holds parent b's parameters bitwise")
 for m in report["methods"]:
     check(0 <= m["one_shot_accuracy"] <= 1, f"{m['name']} one-shot accuracy in [0, 1]")
     check("finetuned_accuracy" in m, f"{m['name']} has a finetuned accuracy")
@@ -116,7 +126,7 @@ check([m.get("finetuned_accuracy") for m in first["methods"]] ==
       [m.get("finetuned_accuracy") for m in report["methods"]], "resumed run reports the same finetuned accuracies")
 resume_log = open(os.path.join(work, "resume-log.txt")).read()
 check(resume_log.count("skipped (resume)") == 2, "both train tasks skipped on resume")
-check(resume_log.count("(resume)") == 2 + 2 * 4, "every fused and finetuned model loaded on resume")
+check(resume_log.count("(resume)") == 2 + 2 * 5, "every fused and finetuned model loaded on resume")
 check(" step " not in resume_log, "nothing trained on resume")
 for m in report["methods"]:
     check(os.path.exists(os.path.join(work, "fused", m["name"] + "-finetuned.h5")), f"{m['name']}-finetuned.h5 written")
