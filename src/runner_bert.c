@@ -187,6 +187,83 @@ static tf_status evaluate(MPI_Comm comm, const bert_model *model, const bert_tex
     return TF_OK;
 }
 
+/* The same for the ensemble of n models: on each masked token it predicts
+ * sum_t weights[t] * softmax(logits_t); the loss is -log of that at the label and the
+ * prediction its largest entry. Collective on comm. */
+static tf_status evaluate_ensemble(MPI_Comm comm, bert_model *const *models, const double *weights,
+                                   int n, const bert_text *d, bert_eval_result *out)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    const int T = models[0]->cfg.seq_len, V = models[0]->cfg.vocab;
+    const int64_t S = d->heldout->count;
+    const int64_t first = S * rank / size, last = S * (rank + 1) / size;
+    tf_status st = TF_OK;
+    for (int t = 1; st == TF_OK && t < n; t++)
+        if (models[t]->cfg.seq_len != T || models[t]->cfg.vocab != V)
+            st = tf_error_set(TF_ERR_ARG,
+                              "ensemble evaluation: parent %d has seq_len %d and vocab %d, "
+                              "parent 0 %d and %d",
+                              t, models[t]->cfg.seq_len, models[t]->cfg.vocab, T, V);
+    bert_acts **acts = tf_calloc((size_t)n, sizeof *acts);
+    double *q = NULL;
+    int64_t q_rows = 0;
+    if (st == TF_OK && !acts) st = TF_ERR_NOMEM;
+    for (int t = 0; st == TF_OK && t < n; t++)
+        st = bert_acts_create(&models[t]->cfg, EVAL_BATCH, &acts[t]);
+    double sums[3] = {0, 0, 0}; /* loss sum, masked tokens, correct */
+    for (int64_t s = first; st == TF_OK && s < last; s += EVAL_BATCH) {
+        int B = (int)(last - s < EVAL_BATCH ? last - s : EVAL_BATCH);
+        const int *labels = d->eval_labels + s * T;
+        for (int t = 0; st == TF_OK && t < n; t++) {
+            float loss = 0;
+            st = bert_forward(models[t], acts[t], d->eval_ids + s * T, d->heldout->lengths + s,
+                              labels, B, &loss);
+            if (st != TF_OK) break;
+            const int64_t rows = acts[t]->num_pred;
+            if (t == 0 && rows > q_rows) {
+                free(q);
+                q = tf_malloc((size_t)rows * V * sizeof *q);
+                q_rows = q ? rows : 0;
+                if (!q) st = TF_ERR_NOMEM;
+            }
+            if (st != TF_OK) break;
+            if (rows != acts[0]->num_pred) {
+                st = tf_error_set(TF_ERR_ARG, "ensemble evaluation: parents predict different "
+                                              "token counts");
+                break;
+            }
+            for (int64_t k = 0; k < rows * V; k++)
+                q[k] = (t == 0 ? 0 : q[k]) + weights[t] * acts[t]->probs[k];
+        }
+        for (int i = 0; st == TF_OK && i < acts[0]->num_pred; i++) {
+            const double *row = q + (int64_t)i * V;
+            const int label = labels[acts[0]->pred_pos[i]];
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (row[v] > row[best]) best = v;
+            sums[0] -= log(row[label] > 1e-300 ? row[label] : 1e-300);
+            sums[1] += 1;
+            sums[2] += best == label;
+        }
+    }
+    for (int t = 0; acts && t < n; t++) bert_acts_free(&acts[t]);
+    free(acts);
+    free(q);
+    /* Every rank joins the reductions even after a local failure, so none waits forever. */
+    double failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (any_failed) return tf_error_set(TF_ERR_MPI, "BERT evaluation failed on another rank");
+    out->tokens = (int64_t)sums[1];
+    out->loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+    out->perplexity = exp(out->loss);
+    out->accuracy = sums[1] > 0 ? sums[2] / sums[1] : 0.0;
+    return TF_OK;
+}
+
 /* ---- Training ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -1152,6 +1229,9 @@ static void print_table(const job_fuse *f, const bert_eval_result *parent_eval,
         TF_INFO("%-32s %.4f (%8.2f, %5.2f %%)", label, parent_eval[p].loss,
                 parent_eval[p].perplexity, 100 * parent_eval[p].accuracy);
     }
+    const bert_eval_result *ens = &parent_eval[f->n_parents];
+    TF_INFO("%-32s %.4f (%8.2f, %5.2f %%)", "ensemble of the parents", ens->loss, ens->perplexity,
+            100 * ens->accuracy);
     for (int m = 0; m < f->n_methods; m++) {
         const bert_method_result *r = &results[m];
         if (r->has_finetuned)
@@ -1198,6 +1278,8 @@ static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval
         add_eval(item, "heldout_", &parent_eval[p]);
         cJSON_AddItemToArray(parents, item);
     }
+    cJSON *ens = cJSON_AddObjectToObject(root, "ensemble");
+    if (ens) add_eval(ens, "heldout_", &parent_eval[f->n_parents]);
     cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
     cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
     cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
@@ -1333,7 +1415,8 @@ tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f, const job_file 
     const int n = f->n_parents;
     bert_text d = {0};
     bert_model **parents = tf_calloc((size_t)n, sizeof *parents);
-    bert_eval_result *parent_eval = tf_calloc((size_t)n, sizeof *parent_eval);
+    /* parent_eval[n] contains the ensemble of the parents. */
+    bert_eval_result *parent_eval = tf_calloc((size_t)n + 1, sizeof *parent_eval);
     bert_method_result *results = tf_calloc((size_t)f->n_methods, sizeof *results);
     int *calib_ids = NULL, *calib_lengths = NULL;
     char vocab_path[JOB_PATH_MAX] = "";
@@ -1362,6 +1445,11 @@ tf_status runner_run_fuse_bert(MPI_Comm comm, const job_fuse *f, const job_file 
             TF_INFO("fuse %s: parent %d (%s): held-out MLM loss %.4f, accuracy %.2f %%", f->name, p,
                     f->parents[p], parent_eval[p].loss, 100 * parent_eval[p].accuracy);
     }
+    if (st == TF_OK) st = evaluate_ensemble(comm, parents, f->weights, n, &d, &parent_eval[n]);
+    if (st == TF_OK)
+        TF_INFO("fuse %s: ensemble of the parents (predictions averaged with the task's "
+                "weights): held-out MLM loss %.4f, accuracy %.2f %%",
+                f->name, parent_eval[n].loss, 100 * parent_eval[n].accuracy);
 
     /* Step 3: each method, one shot and after the optional finetune. */
     for (int m = 0; st == TF_OK && m < f->n_methods; m++)

@@ -227,10 +227,18 @@ static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
     return train_run(comm, model, train, &opt, NULL);
 }
 
-static tf_status write_report(const job_fuse *f, const double *parent_acc,
-                              const method_result *results, int rank);
+/* Accuracy and loss of the parents' ensemble: their predicted probabilities averaged with
+ * the task's weights, the teachers of a finetune with distillation. */
+typedef struct {
+    double accuracy, loss;
+} ensemble_result;
 
-static void print_table(const job_fuse *f, const double *parent_acc, const method_result *results)
+static tf_status write_report(const job_fuse *f, const double *parent_acc,
+                              const ensemble_result *ensemble, const method_result *results,
+                              int rank);
+
+static void print_table(const job_fuse *f, const double *parent_acc,
+                        const ensemble_result *ensemble, const method_result *results)
 {
     char head[64];
     snprintf(head, sizeof head, "after finetune (%lld step%s)", (long long)f->finetune.steps,
@@ -245,6 +253,7 @@ static void print_table(const job_fuse *f, const double *parent_acc, const metho
                  p == f->anchor ? " (anchor)" : "");
         TF_INFO("%-36s %9.2f%%", label, 100 * parent_acc[p]);
     }
+    TF_INFO("%-36s %9.2f%%", "ensemble of the parents", 100 * ensemble->accuracy);
     for (int m = 0; m < f->n_methods; m++) {
         if (results[m].finetuned >= 0)
             TF_INFO("%-36s %9.2f%% %9.2f%%", results[m].name, 100 * results[m].one_shot,
@@ -359,6 +368,14 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
             TF_INFO("fuse %s: parent %d (%s): %.2f %%", f->name, p, f->parents[p],
                     100 * parent_acc[p]);
     }
+    ensemble_result ensemble = {0, 0};
+    if (st == TF_OK)
+        st = eval_ensemble(comm, parents, f->weights, n, test, 0, &ensemble.accuracy,
+                           &ensemble.loss);
+    if (st == TF_OK)
+        TF_INFO("fuse %s: ensemble of the parents (predictions averaged with the task's "
+                "weights): %.2f %%",
+                f->name, 100 * ensemble.accuracy);
 
     /* Step 3: each method, one shot and after the optional finetune. */
     for (int m = 0; st == TF_OK && m < f->n_methods; m++) {
@@ -369,8 +386,8 @@ tf_status runner_run_fuse(MPI_Comm comm, const job_fuse *f, const job_file *job)
     }
 
     /* Step 4: the table and the report. */
-    if (st == TF_OK && rank == 0) print_table(f, parent_acc, results);
-    if (st == TF_OK && f->report[0]) st = write_report(f, parent_acc, results, rank);
+    if (st == TF_OK && rank == 0) print_table(f, parent_acc, &ensemble, results);
+    if (st == TF_OK && f->report[0]) st = write_report(f, parent_acc, &ensemble, results, rank);
 
     for (int p = 0; parents && p < n; p++) vit_model_free(&parents[p]);
     free(parents);
@@ -433,7 +450,8 @@ static const char *const residual_names[] = {"joint", "mean",   "weighted",
                                              "skip",  "branch", "identity"};
 
 static tf_status write_report(const job_fuse *f, const double *parent_acc,
-                              const method_result *results, int rank)
+                              const ensemble_result *ensemble, const method_result *results,
+                              int rank)
 {
     if (rank != 0) return TF_OK;
     cJSON *root = cJSON_CreateObject();
@@ -446,6 +464,9 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
         cJSON_AddNumberToObject(item, "test_accuracy", parent_acc[p]);
         cJSON_AddItemToArray(parents, item);
     }
+    cJSON *ens = cJSON_AddObjectToObject(root, "ensemble");
+    cJSON_AddNumberToObject(ens, "test_accuracy", ensemble->accuracy);
+    cJSON_AddNumberToObject(ens, "test_loss", ensemble->loss);
     cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
     cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
     cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);

@@ -320,3 +320,88 @@ tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_se
     if (loss) *loss = sums[1] / (double)total;
     return TF_OK;
 }
+
+/* Returns 1 when a and b have equal shapes, so that activation buffers made for a fit b. */
+static int same_shapes(const vit_config *a, const vit_config *b)
+{
+    return a->image_size == b->image_size && a->channels == b->channels && a->patch == b->patch &&
+           a->d == b->d && a->layers == b->layers && a->heads == b->heads && a->mlp == b->mlp &&
+           a->classes == b->classes;
+}
+
+tf_status eval_ensemble(MPI_Comm comm, vit_model *const *models, const double *weights, int n,
+                        const tf_image_set *set, int64_t limit, double *accuracy, double *loss)
+{
+    int rank, size;
+    TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    TF_MPI_CHECK(MPI_Comm_size(comm, &size));
+    if (n < 1) return tf_error_set(TF_ERR_ARG, "eval_ensemble: no models");
+    tf_status st = TF_OK;
+    for (int t = 0; st == TF_OK && t < n; t++) {
+        st = check_labels(set, models[t]);
+        if (st == TF_OK && (models[t]->cfg.classes != models[0]->cfg.classes ||
+                            models[t]->cfg.image_size != models[0]->cfg.image_size ||
+                            models[t]->cfg.channels != models[0]->cfg.channels))
+            st = tf_error_set(TF_ERR_ARG,
+                              "eval_ensemble: model %d differs from model 0 in classes or "
+                              "input shape",
+                              t);
+    }
+    if (st != TF_OK) return st;
+    const int64_t total = limit > 0 && limit < set->count ? limit : set->count;
+    const int64_t first = total * rank / size, last = total * (rank + 1) / size;
+    const int batch = 250, classes = models[0]->cfg.classes;
+    const int64_t pixels = (int64_t)set->rows * set->cols;
+    vit_acts **acts = tf_calloc((size_t)n, sizeof *acts);
+    float *x = tf_malloc((size_t)batch * pixels * sizeof(float));
+    int *y = tf_malloc((size_t)batch * sizeof(int));
+    double *q = tf_malloc((size_t)batch * classes * sizeof(double));
+    int64_t idx[250];
+    if (!acts || !x || !y || !q) st = TF_ERR_NOMEM;
+    /* Models run one after another, so those of equal shapes share one set of buffers. */
+    vit_acts **shared = tf_calloc((size_t)n, sizeof *shared);
+    if (!shared) st = TF_ERR_NOMEM;
+    for (int t = 0; st == TF_OK && t < n; t++) {
+        for (int s = 0; s < t && !shared[t]; s++)
+            if (same_shapes(&models[s]->cfg, &models[t]->cfg)) shared[t] = shared[s];
+        if (!shared[t]) {
+            st = vit_acts_create(&models[t]->cfg, batch, &acts[t]);
+            shared[t] = acts[t];
+        }
+    }
+    double sums[2] = {0, 0}; /* correct, loss sum */
+    for (int64_t start = first; st == TF_OK && start < last; start += batch) {
+        int B = (int)(last - start < batch ? last - start : batch);
+        for (int i = 0; i < B; i++) idx[i] = start + i;
+        tf_images_to_float(set, idx, B, x, y);
+        for (int64_t k = 0; k < (int64_t)B * classes; k++) q[k] = 0;
+        for (int t = 0; st == TF_OK && t < n; t++) {
+            st = vit_forward(models[t], shared[t], x, NULL, B, NULL);
+            for (int64_t k = 0; st == TF_OK && k < (int64_t)B * classes; k++)
+                q[k] += weights[t] * shared[t]->probs[k];
+        }
+        for (int b = 0; st == TF_OK && b < B; b++) {
+            const double *row = q + (int64_t)b * classes;
+            int best = 0;
+            for (int c = 1; c < classes; c++)
+                if (row[c] > row[best]) best = c;
+            sums[0] += best == y[b];
+            sums[1] -= log(row[y[b]] > 1e-300 ? row[y[b]] : 1e-300);
+        }
+    }
+    for (int t = 0; acts && t < n; t++) vit_acts_free(&acts[t]);
+    free(acts);
+    free(shared);
+    free(x);
+    free(y);
+    free(q);
+    /* Every rank joins the reduction even after a local failure, so none waits forever. */
+    double failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (any_failed) return tf_error_set(TF_ERR_MPI, "evaluation failed on another rank");
+    *accuracy = sums[0] / (double)total;
+    if (loss) *loss = sums[1] / (double)total;
+    return TF_OK;
+}

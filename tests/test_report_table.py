@@ -29,12 +29,15 @@ def main():
     tool = sys.argv[1]
     vit = {"parents": [{"file": "/x/parent-a.h5", "anchor": True, "test_accuracy": 0.8761},
                        {"file": "/x/parent-b.h5", "anchor": False, "test_accuracy": 0.8791}],
+           "ensemble": {"test_accuracy": 0.8934, "test_loss": 0.29},
            "finetune_steps": 0,
            "methods": [{"name": "vanilla", "one_shot_accuracy": 0.215},
                        {"name": "ot", "one_shot_accuracy": 0.75}]}
     bert = {"architecture": "bert", "unigram_loss": 5.8806, "eval_tokens": 5718,
             "parents": [{"file": "p.h5", "anchor": True, "heldout_loss": 5.6016,
                          "heldout_perplexity": 270.83, "heldout_accuracy": 0.1259}],
+            "ensemble": {"heldout_loss": 5.5, "heldout_perplexity": 244.69,
+                         "heldout_accuracy": 0.13},
             "finetune_steps": 40,
             "methods": [{"name": "ot-exact", "one_shot_loss": 5.8086,
                          "one_shot_perplexity": 333.15, "one_shot_accuracy": 0.1013,
@@ -56,6 +59,7 @@ def main():
     v = rows(vit_part)
     check(v.get("parent 0: parent-a.h5 (anchor)") == ["87.61"], f"ViT anchor row: {v}")
     check(v.get("parent 1: parent-b.h5") == ["87.91"], f"ViT parent row: {v}")
+    check(v.get("ensemble of the parents") == ["89.34"], f"ViT ensemble row: {v}")
     check(v.get("vanilla") == ["21.50"], f"ViT vanilla row: {v}")
     check(v.get("ot") == ["75.00"], f"ViT OT row: {v}")
     check("after" not in vit_part, "ViT report without finetune shows finetune columns")
@@ -63,6 +67,8 @@ def main():
     b = rows(bert_part)
     check(b.get("parent 0: p.h5 (anchor)") == ["5.602", "270.8", "12.59", "", "", ""],
           f"BERT parent row: {b}")
+    check(b.get("ensemble of the parents") == ["5.500", "244.7", "13.00", "", "", ""],
+          f"BERT ensemble row: {b}")
     check(b.get("ot-exact") == ["5.809", "333.1", "10.13", "5.684", "294.1", "11.73"],
           f"BERT method row: {b}")
     check(b.get("no-finetune") == ["6.000", "403.4", "11.00", "", "", ""],

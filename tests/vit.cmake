@@ -21,3 +21,7 @@ tfuse_add_mpi_test(NAME vit_torch TARGET test_vit_torch RANKS 1 TIMEOUT 300
 # Short training run on a learnable synthetic task.
 tfuse_add_test_exe(test_vit_train ${CMAKE_CURRENT_SOURCE_DIR}/test_vit_train.c)
 tfuse_add_mpi_test(NAME vit_train TARGET test_vit_train RANKS 1 TIMEOUT 120)
+
+# Evaluation of the parents' ensemble, sharded over 2 ranks, against a direct computation.
+tfuse_add_test_exe(test_eval_ensemble ${CMAKE_CURRENT_SOURCE_DIR}/test_eval_ensemble.c)
+tfuse_add_mpi_test(NAME eval_ensemble TARGET test_eval_ensemble RANKS 2 TIMEOUT 60)

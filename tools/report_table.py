@@ -6,7 +6,8 @@ usage: tools/report_table.py REPORT.json [REPORT.json ...]
 A ViT report gives test accuracies in percent. A BERT report (its "architecture" is
 "bert") gives the held-out masked-token loss in nats, the perplexity and the masked-token
 accuracy in percent. Both have a column per stage: one shot and, when the job finetuned,
-after the finetune. Uses only the standard library.
+after the finetune. A row gives the parents' ensemble (their predicted probabilities
+averaged with the task's weights). Uses only the standard library.
 """
 import json
 import os
@@ -48,6 +49,9 @@ def table(path):
         name = os.path.basename(p["file"]) + (" (anchor)" if p["anchor"] else "")
         lines.append("| " + " | ".join([f"parent {i}: {name}"] + cells(p, "parent") + blank)
                      + " |")
+    if "ensemble" in report:
+        lines.append("| " + " | ".join(["ensemble of the parents"] +
+                                       cells(report["ensemble"], "parent") + blank) + " |")
     for m in report["methods"]:
         row = [m["name"]] + cells(m, "one_shot")
         if finetuned:

@@ -64,4 +64,10 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
 tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_set *set,
                         int64_t limit, double *accuracy, double *loss);
 
+/* Collective on comm. The same for the ensemble of n models (equal classes and input
+ * shape, any widths): it predicts the class of the largest sum_t weights[t] *
+ * softmax(logits_t), and its loss is the mean of -log of that sum at the label. */
+tf_status eval_ensemble(MPI_Comm comm, vit_model *const *models, const double *weights, int n,
+                        const tf_image_set *set, int64_t limit, double *accuracy, double *loss);
+
 #endif

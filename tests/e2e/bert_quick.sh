@@ -120,6 +120,15 @@ for p, q in zip(report["parents"], one["parents"]):
 check(abs(report["methods"][0]["one_shot_loss"] - one["methods"][0]["one_shot_loss"]) < 1e-5,
       "vanilla loss at one rank")
 check(report["eval_tokens"] > 100, f"{report['eval_tokens']} masked held-out tokens")
+# The ensemble averages probabilities, so by Jensen's inequality its loss is at most the
+# weighted mean of the parents' losses; at one rank it is the same up to rounding.
+ens = report.get("ensemble", {})
+mean_loss = sum(p["weight"] * p["heldout_loss"] for p in report["parents"])
+check(0 < ens.get("heldout_loss", -1) <= mean_loss + 1e-6,
+      f"ensemble loss {ens.get('heldout_loss')} <= parents' mean {mean_loss}")
+check(0 < ens.get("heldout_accuracy", -1) < 1, f"ensemble accuracy {ens.get('heldout_accuracy')}")
+check(abs(ens.get("heldout_loss", 0) - one.get("ensemble", {}).get("heldout_loss", 1)) < 1e-5,
+      "ensemble loss at one rank")
 names = [m["name"] for m in report["methods"]]
 check(names == ["vanilla", "exact-joint", "sinkhorn-mean"], f"methods {names}")
 for m in report["methods"]:

@@ -63,6 +63,9 @@ def check(cond, what):
 check(len(report["parents"]) == 2, "two parents in the report")
 for p in report["parents"]:
     check(p["test_accuracy"] > 0.5, f"parent {p['file']} accuracy {p['test_accuracy']} > 0.5")
+ens = report.get("ensemble", {})
+check(0 <= ens.get("test_accuracy", -1) <= 1 and ens.get("test_loss", -1) > 0,
+      f"ensemble accuracy and loss reported: {ens}")
 names = [m["name"] for m in report["methods"]]
 check(names == ["vanilla", "exact-joint", "sinkhorn-mean", "weights-headaware", "only-b"],
       f"methods {names}")
@@ -81,7 +84,7 @@ for m in report["methods"]:
         check(f.attrs["architecture"] == b"vit" or f.attrs["architecture"] == "vit",
               f"{m['name']}.h5 architecture attribute")
         check(f["params/qkv_w"].shape == (2, 48, 16), f"{m['name']}.h5 qkv_w shape")
-        if m["name"] != "vanilla":
+        if m["method"] != "vanilla":
             check("maps/parent1/layer0/qk" in f, f"{m['name']}.h5 has the Q/K map")
             plan = f["maps/parent1/layer0/fc1"][...]
             check(abs(plan.sum() - 1) < 1e-9, f"{m['name']} fc1 plan mass {plan.sum()}")
@@ -91,7 +94,7 @@ stages = ["statistics", "forward", "statistics_sums", "reduction", "ot_groups", 
           "ot_broadcast", "alignment", "repair", "writing"]
 for m in first["methods"]:
     t = m.get("timings")
-    if m["name"] == "vanilla":
+    if m["method"] == "vanilla":
         check(t is None, "vanilla has no stage timings")
         continue
     check(t is not None and sorted(t) == sorted(stages), f"{m['name']} stage timings: {t}")
