@@ -148,6 +148,23 @@ static tf_status build_sequences(bert_text *d, const job_text *text, int seq_len
 
 /* ---- Evaluation ---------------------------------------------------------------------- */
 
+/* Sums the local counts sums = {loss sum, masked tokens, correct} over comm into *out.
+ * Every rank joins the reductions even after a local failure (st), so none waits forever. */
+static tf_status finish_evaluation(MPI_Comm comm, tf_status st, double sums[3],
+                                   bert_eval_result *out)
+{
+    double failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (any_failed) return tf_error_set(TF_ERR_MPI, "BERT evaluation failed on another rank");
+    out->tokens = (int64_t)sums[1];
+    out->loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+    out->perplexity = exp(out->loss);
+    out->accuracy = sums[1] > 0 ? sums[2] / sums[1] : 0.0;
+    return TF_OK;
+}
+
 /* Computes masked-token loss, perplexity and accuracy of model on the held-out sequences
  * with the masks of mask_heldout. Collective on comm. Each rank scores a contiguous share
  * of the sequences, so the result equals bert_evaluate's up to the order of the sums. */
@@ -174,17 +191,7 @@ static tf_status evaluate(MPI_Comm comm, const bert_model *model, const bert_tex
         sums[2] += bert_count_correct(model, acts);
     }
     bert_acts_free(&acts);
-    /* Every rank joins the reductions even after a local failure, so none waits forever. */
-    double failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, comm));
-    if (st != TF_OK) return st;
-    if (any_failed) return tf_error_set(TF_ERR_MPI, "BERT evaluation failed on another rank");
-    out->tokens = (int64_t)sums[1];
-    out->loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
-    out->perplexity = exp(out->loss);
-    out->accuracy = sums[1] > 0 ? sums[2] / sums[1] : 0.0;
-    return TF_OK;
+    return finish_evaluation(comm, st, sums, out);
 }
 
 /* The same for the ensemble of n models: on each masked token it predicts
@@ -251,17 +258,7 @@ static tf_status evaluate_ensemble(MPI_Comm comm, bert_model *const *models, con
     for (int t = 0; acts && t < n; t++) bert_acts_free(&acts[t]);
     free(acts);
     free(q);
-    /* Every rank joins the reductions even after a local failure, so none waits forever. */
-    double failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, comm));
-    if (st != TF_OK) return st;
-    if (any_failed) return tf_error_set(TF_ERR_MPI, "BERT evaluation failed on another rank");
-    out->tokens = (int64_t)sums[1];
-    out->loss = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
-    out->perplexity = exp(out->loss);
-    out->accuracy = sums[1] > 0 ? sums[2] / sums[1] : 0.0;
-    return TF_OK;
+    return finish_evaluation(comm, st, sums, out);
 }
 
 /* ---- Training ------------------------------------------------------------------------ */

@@ -278,6 +278,21 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     return st;
 }
 
+/* Sums the local counts sums = {correct, loss sum} over comm and divides them by total.
+ * Every rank joins the reduction even after a local failure (st), so none waits forever. */
+static tf_status finish_eval(MPI_Comm comm, tf_status st, double sums[2], int64_t total,
+                             double *accuracy, double *loss)
+{
+    double failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
+    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm));
+    if (st != TF_OK) return st;
+    if (any_failed) return tf_error_set(TF_ERR_MPI, "evaluation failed on another rank");
+    *accuracy = sums[0] / (double)total;
+    if (loss) *loss = sums[1] / (double)total;
+    return TF_OK;
+}
+
 tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_set *set,
                         int64_t limit, double *accuracy, double *loss)
 {
@@ -310,15 +325,7 @@ tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_se
     vit_acts_free(&acts);
     free(x);
     free(y);
-    /* Every rank joins the reduction even after a local failure, so none waits forever. */
-    double failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm));
-    if (st != TF_OK) return st;
-    if (any_failed) return tf_error_set(TF_ERR_MPI, "evaluation failed on another rank");
-    *accuracy = sums[0] / (double)total;
-    if (loss) *loss = sums[1] / (double)total;
-    return TF_OK;
+    return finish_eval(comm, st, sums, total, accuracy, loss);
 }
 
 /* Returns 1 when a and b have equal shapes, so that activation buffers made for a fit b. */
@@ -395,13 +402,5 @@ tf_status eval_ensemble(MPI_Comm comm, vit_model *const *models, const double *w
     free(x);
     free(y);
     free(q);
-    /* Every rank joins the reduction even after a local failure, so none waits forever. */
-    double failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_DOUBLE, MPI_MAX, comm));
-    TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, comm));
-    if (st != TF_OK) return st;
-    if (any_failed) return tf_error_set(TF_ERR_MPI, "evaluation failed on another rank");
-    *accuracy = sums[0] / (double)total;
-    if (loss) *loss = sums[1] / (double)total;
-    return TF_OK;
+    return finish_eval(comm, st, sums, total, accuracy, loss);
 }
