@@ -27,6 +27,11 @@ static json_excerpt excerpt_of(const cJSON *item)
 {
     enum { EXCERPT_MAX = 60 };
     json_excerpt e = {"?"};
+    /* cJSON parses a number beyond the double range as infinity and prints it as null. */
+    if (cJSON_IsNumber(item) && !isfinite(item->valuedouble)) {
+        snprintf(e.text, sizeof e.text, "a number too large for a double");
+        return e;
+    }
     char *printed = item ? cJSON_PrintUnformatted(item) : NULL;
     if (!printed) return e;
     size_t len = strlen(printed);
@@ -476,7 +481,7 @@ cJSON *job_finetune_json(const job_finetune *f)
 }
 
 /* Reads obj's optional "weights": n numbers >= 0 that sum to 1. Without the key, weights
- * keeps its contents; *present (if not NULL) tells whether the key was there. */
+ * keeps its contents; *present (if not NULL) is set to 1 when the key is there, else 0. */
 static tf_status parse_weights(const parse_ctx *ctx, const cJSON *obj, const char *path, int n,
                                double *weights, int *present)
 {

@@ -602,15 +602,18 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
 /* ---- Model files --------------------------------------------------------------------- */
 
 /* Writes model to path under a temporary name with its vocabulary file as the attribute
- * "vocab_file". Collective. */
+ * "vocab_file", and for a finetuned fused model (f and method not NULL) its fusion_job
+ * attribute. Collective. */
 static tf_status save_model(MPI_Comm comm, const bert_model *model, const char *path,
-                            const char *vocab_path, int overwrite)
+                            const char *vocab_path, int overwrite, const job_fuse *f,
+                            const job_method *method)
 {
     h5f_file *h5 = NULL;
     tf_status st = h5f_create(comm, path, overwrite, &h5);
     if (st != TF_OK) return st;
     st = bert_model_write(model, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
+    if (st == TF_OK && f && method) st = runner_set_provenance(h5, f, method, 1);
     if (st != TF_OK) {
         h5f_discard(&h5);
         return st;
@@ -725,7 +728,7 @@ tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t, const job_fil
             "on %lld tokens (unigram loss %.4f) after %.1f s, %.0f seq/s",
             t->name, eval.loss, eval.perplexity, 100 * eval.accuracy, (long long)eval.tokens,
             unigram, seconds, seconds > 0 ? (double)steps * t->batch_size / seconds : 0.0);
-    st = save_model(comm, model, t->output, vocab_path, t->overwrite);
+    st = save_model(comm, model, t->output, vocab_path, t->overwrite, NULL, NULL);
     if (st == TF_OK) TF_INFO("train %s: wrote %s", t->name, t->output);
     if (st == TF_OK) st = ckpt_remove(comm, checkpoint);
 done:
@@ -1157,6 +1160,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
     if (st == TF_OK) st = runner_set_config_attr(h5, method);
+    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 0);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];
@@ -1335,7 +1339,8 @@ static tf_status one_shot(MPI_Comm comm, const job_fuse *f, const job_file *job,
     tf_status st;
     if (reuse) {
         TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, path);
-        st = bert_model_load(comm, path, &fu->fused);
+        st = runner_check_provenance(comm, path, f, method, 0);
+        if (st == TF_OK) st = bert_model_load(comm, path, &fu->fused);
     } else {
         st = build_fusion(comm, f, method, parents, calib_ids, calib_lengths, fu, &r->timings);
         r->built = st == TF_OK;
@@ -1368,12 +1373,14 @@ static tf_status finetune_method(MPI_Comm comm, const job_fuse *f, const job_fil
     if (job->resume && have_dir && ckpt_exists(comm, tuned)) {
         bert_model_free(&fu->fused);
         TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, tuned);
-        st = bert_model_load(comm, tuned, &fu->fused);
+        st = runner_check_provenance(comm, tuned, f, method, 1);
+        if (st == TF_OK) st = bert_model_load(comm, tuned, &fu->fused);
     } else {
         st = finetune(comm, f, job, d->train, fu->fused, parents, method->name,
                       have_dir ? checkpoint : NULL);
         if (st == TF_OK && have_dir)
-            st = save_model(comm, fu->fused, tuned, vocab_path, f->overwrite || job->resume);
+            st = save_model(comm, fu->fused, tuned, vocab_path, f->overwrite || job->resume, f,
+                            method);
         if (st == TF_OK && have_dir) {
             TF_INFO("fuse %s: wrote %s", f->name, tuned);
             st = ckpt_remove(comm, checkpoint);

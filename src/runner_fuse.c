@@ -165,6 +165,132 @@ tf_status runner_set_config_attr(h5f_file *h5, const job_method *method)
     return st;
 }
 
+/* What a fused model file depends on, as a JSON object: the method's settings, the
+ * parents, the anchor and the calibration draw, and for a finetuned file (finetuned = 1)
+ * the finetune settings. NULL if out of memory. */
+static cJSON *provenance_json(const job_fuse *f, const job_method *m, int finetuned)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *method = job_method_json(m);
+    cJSON *parents = cJSON_CreateArray();
+    int ok = j && method && parents;
+    for (int p = 0; ok && p < f->n_parents; p++) {
+        cJSON *name = cJSON_CreateString(f->parents[p]);
+        ok = name != NULL;
+        if (ok) cJSON_AddItemToArray(parents, name);
+    }
+    if (ok) {
+        cJSON_AddItemToObject(j, "method", method);
+        cJSON_AddItemToObject(j, "parents", parents);
+        method = parents = NULL;
+        ok = cJSON_AddNumberToObject(j, "anchor", f->anchor) &&
+             cJSON_AddNumberToObject(j, "calibration_samples", (double)f->calib_samples) &&
+             cJSON_AddNumberToObject(j, "calibration_seed", (double)f->calib_seed);
+    }
+    if (ok && finetuned) {
+        cJSON *ft = job_finetune_json(&f->finetune);
+        ok = ft != NULL;
+        if (ok) cJSON_AddItemToObject(j, "finetune", ft);
+    }
+    cJSON_Delete(method);
+    cJSON_Delete(parents);
+    if (!ok) cJSON_Delete(j);
+    return ok ? j : NULL;
+}
+
+tf_status runner_set_provenance(h5f_file *h5, const job_fuse *f, const job_method *m,
+                                int finetuned)
+{
+    cJSON *j = provenance_json(f, m, finetuned);
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!text) return TF_ERR_NOMEM;
+    tf_status st = h5f_set_attr_string(h5, "/", "fusion_job", text);
+    free(text);
+    return st;
+}
+
+/* Finds the first key of want whose value differs in have, descending into the "method"
+ * object, and writes "key = have-value, but the job has want-value" to out. */
+static void describe_difference(const cJSON *have, const cJSON *want, char *out, size_t size)
+{
+    const cJSON *item = NULL;
+    cJSON_ArrayForEach(item, want)
+    {
+        const cJSON *old = cJSON_GetObjectItemCaseSensitive(have, item->string);
+        if (old && cJSON_Compare(old, item, 1)) continue;
+        if (old && cJSON_IsObject(old) && cJSON_IsObject(item)) {
+            char inner[400];
+            describe_difference(old, item, inner, sizeof inner);
+            snprintf(out, size, "%s.%s", item->string, inner);
+            return;
+        }
+        char *a = old ? cJSON_PrintUnformatted(old) : NULL;
+        char *b = cJSON_PrintUnformatted(item);
+        snprintf(out, size, "%s = %.80s, but the job has %.80s", item->string,
+                 a ? a : "(missing)", b ? b : "?");
+        free(a);
+        free(b);
+        return;
+    }
+    snprintf(out, size, "keys the job does not have");
+}
+
+tf_status runner_check_provenance(MPI_Comm comm, const char *path, const job_fuse *f,
+                                  const job_method *m, int finetuned)
+{
+    const size_t size = 1 << 20;
+    char *text = tf_malloc(size);
+    cJSON *want = provenance_json(f, m, finetuned);
+    h5f_file *h5 = NULL;
+    tf_status st = text && want ? TF_OK : TF_ERR_NOMEM;
+    st = runner_agree(comm, st, "reading the settings of a resumed file");
+    if (st == TF_OK) st = h5f_open(comm, path, &h5);
+    if (st == TF_OK) {
+        st = h5f_get_attr_string(h5, "/", "fusion_job", text, size);
+        if (st != TF_OK)
+            st = tf_error_set(TF_ERR_FORMAT,
+                              "%s: resume cannot reuse this file: it has no readable "
+                              "fusion_job attribute that records how it was made (an older "
+                              "tfuse or another program wrote it); remove it or write to "
+                              "another output_dir",
+                              path);
+        h5f_close(&h5);
+    }
+    cJSON *have = st == TF_OK ? cJSON_Parse(text) : NULL;
+    if (st == TF_OK && !cJSON_Compare(have, want, 1)) {
+        char diff[512];
+        if (have)
+            describe_difference(have, want, diff, sizeof diff);
+        else
+            snprintf(diff, sizeof diff, "a fusion_job attribute that is not valid JSON");
+        st = tf_error_set(TF_ERR_ARG,
+                          "%s: resume cannot reuse this file: it was made with %s; remove "
+                          "it or write to another output_dir",
+                          path, diff);
+    }
+    cJSON_Delete(have);
+    cJSON_Delete(want);
+    free(text);
+    return st;
+}
+
+/* Writes a finetuned model with its fusion_job attribute to path. Collective. */
+static tf_status save_finetuned(MPI_Comm comm, const job_fuse *f, const job_method *method,
+                                const vit_model *model, const char *path, int overwrite)
+{
+    h5f_file *h5 = NULL;
+    tf_status st = h5f_create(comm, path, overwrite, &h5);
+    if (st != TF_OK) return st;
+    st = vit_model_write(model, h5, "/");
+    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 1);
+    if (st != TF_OK) {
+        h5f_discard(&h5);
+        return st;
+    }
+    return h5f_commit(&h5);
+}
+
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
                                    vit_model **parents, const vit_model *fused, vit_model **aligned,
                                    fuse_maps **maps)
@@ -177,6 +303,7 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     st = vit_model_write(fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
     if (st == TF_OK) st = runner_set_config_attr(h5, method);
+    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 0);
     if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
     for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
         char key[64];
@@ -285,7 +412,8 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *jo
     double t0 = tf_seconds();
     if (resume && have_dir && runner_file_exists(path)) {
         TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, path);
-        st = vit_model_load(comm, path, &fused);
+        st = runner_check_provenance(comm, path, f, method, 0);
+        if (st == TF_OK) st = vit_model_load(comm, path, &fused);
     } else {
         st = vit_model_create(&parents[f->anchor]->cfg, &fused);
         if (st == TF_OK)
@@ -309,12 +437,13 @@ static tf_status run_method(MPI_Comm comm, const job_fuse *f, const job_file *jo
         if (resume && have_dir && runner_file_exists(tuned_path)) {
             vit_model_free(&fused);
             TF_INFO("fuse %s: %s: loading %s (resume)", f->name, method->name, tuned_path);
-            st = vit_model_load(comm, tuned_path, &fused);
+            st = runner_check_provenance(comm, tuned_path, f, method, 1);
+            if (st == TF_OK) st = vit_model_load(comm, tuned_path, &fused);
         } else {
             st = finetune(comm, f, job, train, fused, parents, method->name,
                           have_dir ? checkpoint : NULL);
             if (st == TF_OK && have_dir)
-                st = vit_model_save(fused, comm, tuned_path, f->overwrite || resume);
+                st = save_finetuned(comm, f, method, fused, tuned_path, f->overwrite || resume);
             if (st == TF_OK && have_dir) st = ckpt_remove(comm, checkpoint);
         }
         if (st == TF_OK)

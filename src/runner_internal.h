@@ -24,6 +24,16 @@ tf_status runner_agree(MPI_Comm comm, tf_status st, const char *what);
 /* Writes the method's settings with defaults filled in (job_method_json) as JSON text to
  * the root attribute fusion_config of a fused model file. */
 tf_status runner_set_config_attr(struct h5f_file *h5, const job_method *method);
+/* Writes the root attribute fusion_job of a fused model file: JSON with the method's
+ * settings, the parents, the anchor, the calibration draw and, when finetuned is 1, the
+ * finetune settings. */
+tf_status runner_set_provenance(struct h5f_file *h5, const job_fuse *f, const job_method *m,
+                                int finetuned);
+/* Collective on comm. Checks that the fusion_job attribute of the file at path equals what
+ * this job would write, before resume reuses the file. Otherwise fails with a message that
+ * names the first differing setting, because the report would describe another model. */
+tf_status runner_check_provenance(MPI_Comm comm, const char *path, const job_fuse *f,
+                                  const job_method *m, int finetuned);
 
 /* Runs a fuse task of job; with job->resume, methods whose output files exist are loaded
  * from them instead of being rebuilt and finetuned again, and a finetune continues from its

@@ -145,6 +145,8 @@ static void test_found_values(void)
     expect_error(text, "tasks[0].overwrite must be true or false; found \"yes\"", NULL);
     snprintf(text, sizeof text, FUSE_HEAD "\"weights\": [0.3, \"0.7\"], %s}]}", method);
     expect_error(text, "tasks[0].weights[1] must be a number >= 0; found \"0.7\"", NULL);
+    snprintf(text, sizeof text, FUSE_HEAD "\"weights\": [1e400, 0], %s}]}", method);
+    expect_error(text, "tasks[0].weights[0] must be a number >= 0; found a number too large", NULL);
     snprintf(text, sizeof text, FUSE_HEAD "\"weights\": [-0.5, 1.5], %s}]}", method);
     expect_error(text, "tasks[0].weights[0] must be a number >= 0; found -0.5", NULL);
     snprintf(text, sizeof text, FUSE_HEAD "\"weights\": {\"a\": 1}, %s}]}", method);

@@ -54,6 +54,17 @@ def main():
                 json.dump(report, f)
         out = subprocess.run([sys.executable, tool] + paths, capture_output=True, text=True,
                              check=True).stdout
+        # A file that is not a report: the valid one before it is still printed, and the
+        # message names the file and the missing key.
+        job = os.path.join(tmp, "job.json")
+        with open(job, "w") as f:
+            json.dump({"tasks": []}, f)
+        mixed = subprocess.run([sys.executable, tool, paths[0], job], capture_output=True,
+                               text=True)
+        check(mixed.returncode == 1, f"valid then invalid file: exit status {mixed.returncode}")
+        check("parent-a.h5" in mixed.stdout, f"table of the valid file missing: {mixed.stdout}")
+        check(f"{job} is not a tfuse fuse report: it has no key 'methods'" in mixed.stderr,
+              f"invalid file message: {mixed.stderr}")
 
     vit_part, bert_part = out.split("`" + paths[1] + "`")
     v = rows(vit_part)
@@ -79,6 +90,12 @@ def main():
     helped = subprocess.run([sys.executable, tool, "--help"], capture_output=True, text=True)
     check(helped.returncode == 0, f"--help exit status: {helped}")
     check("usage:" in helped.stdout, f"--help text: {helped}")
+    bogus = subprocess.run([sys.executable, tool, "--bogus"], capture_output=True, text=True)
+    check(bogus.returncode == 2, f"unknown option exit status: {bogus}")
+    check("unknown option --bogus" in bogus.stderr, f"unknown option message: {bogus}")
+    bare = subprocess.run([sys.executable, tool], capture_output=True, text=True)
+    check(bare.returncode == 2 and "usage:" in bare.stderr and not bare.stdout,
+          f"no arguments: usage on stderr, exit status 2: {bare}")
     missing = subprocess.run([sys.executable, tool, "/nonexistent/report.json"],
                              capture_output=True, text=True)
     check(missing.returncode == 1, f"missing file exit status: {missing}")

@@ -64,19 +64,42 @@ def table(path):
 
 
 def main(paths):
-    if not paths or paths[0] in ("-h", "--help"):
+    if not paths:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    if paths[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if paths else 2
-    try:
-        print("\n\n".join(table(p) for p in paths))
-    except OSError as e:
-        print(f"report_table.py: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
-        return 1
-    except (ValueError, KeyError, TypeError) as e:
-        print(f"report_table.py: not a tfuse fuse report: {e!r}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    options = [p for p in paths if p.startswith("-") and p != "-"]
+    if options:
+        print(f"report_table.py: unknown option {options[0]}; see --help", file=sys.stderr)
+        return 2
+    status = 0
+    for i, path in enumerate(paths):
+        try:
+            text = table(path)
+        except OSError as e:
+            print(f"report_table.py: cannot read {path}: {e.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        except KeyError as e:
+            print(f"report_table.py: {path} is not a tfuse fuse report: it has no key {e}",
+                  file=sys.stderr)
+            status = 1
+            continue
+        except (ValueError, TypeError) as e:
+            print(f"report_table.py: {path} is not a tfuse fuse report: {e}", file=sys.stderr)
+            status = 1
+            continue
+        print(("\n" if i > 0 else "") + text, flush=True)
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:
+        # The reader (e.g. head) stopped early: not an error. Keep Python from
+        # reporting the closed stdout again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

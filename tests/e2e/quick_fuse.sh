@@ -49,6 +49,21 @@ mpirun -n "$ranks" "$tfuse" "$work/resume.json" > "$work/resume-log.txt" 2>&1 ||
     echo "quick_fuse: the resumed run failed at $ranks ranks" >&2
     exit 1
 }
+# Resume must not reuse a file made with other settings: changed method weights, and a
+# changed finetune, each stop the run with a message naming the file and the setting.
+sed 's/"weights": \[0, 1\]/"weights": [1, 0]/' "$work/resume.json" > "$work/resume-weights.json"
+sed 's/"finetune": {"steps": 5}/"finetune": {"steps": 6}/' "$work/resume.json" > "$work/resume-finetune.json"
+for variant in weights finetune; do
+    if mpirun -n "$ranks" "$tfuse" "$work/resume-$variant.json" > "$work/resume-$variant.txt" 2>&1; then
+        cat "$work/resume-$variant.txt"
+        echo "quick_fuse: resume with a changed $variant reused the old files" >&2
+        exit 1
+    fi
+done
+grep -q "only-b.h5: resume cannot reuse this file: it was made with method.weights = \[0,1\], but the job has \[1,0\]" \
+    "$work/resume-weights.txt" || { cat "$work/resume-weights.txt"; echo "quick_fuse: no message for changed weights" >&2; exit 1; }
+grep -q "vanilla-finetuned.h5: resume cannot reuse this file: it was made with finetune.steps = 5, but the job has 6" \
+    "$work/resume-finetune.txt" || { cat "$work/resume-finetune.txt"; echo "quick_fuse: no message for a changed finetune" >&2; exit 1; }
 /usr/bin/python3 - "$work" <<'PY'
 import json, os, sys, h5py
 work = sys.argv[1]
