@@ -1218,9 +1218,12 @@ static void print_table(const job_fuse *f, const bert_eval_result *parent_eval,
     char head[64];
     snprintf(head, sizeof head, "after finetune (%lld step%s)", (long long)f->finetune.steps,
              f->finetune.steps == 1 ? "" : "s");
-    TF_INFO(" ");
+    TF_INFO("%s", "");
     TF_INFO("held-out masked-token loss (perplexity, accuracy)");
-    TF_INFO("%-32s %-28s %s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
+    if (f->finetune.steps > 0)
+        TF_INFO("%-32s %-28s %s", "model", "one-shot", head);
+    else
+        TF_INFO("%-32s %s", "model", "one-shot");
     for (int p = 0; p < f->n_parents; p++) {
         char label[JOB_PATH_MAX + 32];
         const char *base = strrchr(f->parents[p], '/');
@@ -1243,7 +1246,7 @@ static void print_table(const job_fuse *f, const bert_eval_result *parent_eval,
             TF_INFO("%-32s %.4f (%8.2f, %5.2f %%)", r->name, r->one_shot.loss,
                     r->one_shot.perplexity, 100 * r->one_shot.accuracy);
     }
-    TF_INFO(" ");
+    TF_INFO("%s", "");
 }
 
 static void add_eval(cJSON *item, const char *prefix, const bert_eval_result *e)

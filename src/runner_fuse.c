@@ -370,8 +370,11 @@ static void print_table(const job_fuse *f, const double *parent_acc,
     char head[64];
     snprintf(head, sizeof head, "after finetune (%lld step%s)", (long long)f->finetune.steps,
              f->finetune.steps == 1 ? "" : "s");
-    TF_INFO(" ");
-    TF_INFO("%-36s %10s %10s", "model", "one-shot", f->finetune.steps > 0 ? head : "");
+    TF_INFO("%s", "");
+    if (f->finetune.steps > 0)
+        TF_INFO("%-36s %10s %s", "model", "one-shot", head);
+    else
+        TF_INFO("%-36s %10s", "model", "one-shot");
     for (int p = 0; p < f->n_parents; p++) {
         char label[JOB_PATH_MAX + 32];
         const char *base = strrchr(f->parents[p], '/');
@@ -388,7 +391,7 @@ static void print_table(const job_fuse *f, const double *parent_acc,
         else
             TF_INFO("%-36s %9.2f%%", results[m].name, 100 * results[m].one_shot);
     }
-    TF_INFO(" ");
+    TF_INFO("%s", "");
 }
 
 /* One method: build the fused model (or, with resume, load it from its file), evaluate
