@@ -423,6 +423,8 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
         st = runner_check_bert_fuse(ctx->job, f, index, ctx->ranks, ctx->warn);
         return st != TF_OK ? st : check_fuse_outputs(ctx, f, index);
     }
+    /* A missing or unreadable parents[0] is reported as such, not as a ViT model. */
+    if (f->data.has_text && (st = check_parent(ctx, f, index, 0, &cfgs[0])) != TF_OK) return st;
     if (f->data.has_text)
         return tf_error_set(TF_ERR_ARG,
                             "tasks[%d].data names a verse corpus, but parents[0] is not a BERT "

@@ -67,6 +67,8 @@ expect unwritable_output '{"tasks": [{"task": "train", '"$model"', '"$small"', "
     "a_file" "directory"
 expect missing_parent '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/none.h5"], '"$small"', "methods": [{"name": "v", "method": "vanilla"}]}]}' \
     "none.h5" "parents\[1\]"
+expect missing_bert_parent '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/none.h5", "'"$out"'/p.h5"], "data": {"corpus": "'"$work"'/kjv.tsv"}, "methods": [{"name": "v", "method": "vanilla"}]}]}' \
+    "none.h5" "parents\[0\]" "not found"
 expect parent_not_hdf5 '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/text.h5"], '"$small"', "methods": [{"name": "v", "method": "vanilla"}]}]}' \
     "text.h5"
 expect incompatible_parents '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/deep.h5"], '"$small"', "methods": [{"name": "ot"}], "output_dir": "'"$out"'/fused"}]}' \
