@@ -481,7 +481,7 @@ cJSON *job_finetune_json(const job_finetune *f)
 }
 
 /* Reads obj's optional "weights": n numbers >= 0 that sum to 1. Without the key, weights
- * keeps its contents; *present (if not NULL) is set to 1 when the key is there, else 0. */
+ * keeps its contents. *present (if not NULL) is set to 1 when the key is there, else 0. */
 static tf_status parse_weights(const parse_ctx *ctx, const cJSON *obj, const char *path, int n,
                                double *weights, int *present)
 {

@@ -70,6 +70,27 @@ fuse_maps *fuse_maps_create(int layers)
     return m;
 }
 
+tf_status fuse_maps_create_all(MPI_Comm comm, int n, int anchor, int layers, fuse_maps ***out)
+{
+    fuse_maps **maps = tf_calloc((size_t)n, sizeof *maps);
+    tf_status st = maps ? TF_OK : TF_ERR_NOMEM;
+    for (int p = 0; st == TF_OK && p < n; p++) {
+        if (p == anchor) continue;
+        maps[p] = fuse_maps_create(layers);
+        if (!maps[p]) st = TF_ERR_NOMEM;
+    }
+    *out = maps;
+    return fuse_agree(comm, st, "allocating the maps");
+}
+
+void fuse_maps_free_all(fuse_maps ***maps, int n)
+{
+    if (!maps || !*maps) return;
+    for (int p = 0; p < n; p++) fuse_maps_free(&(*maps)[p]);
+    free(*maps);
+    *maps = NULL;
+}
+
 /* Token indices whose activations are samples: all T tokens, the class token only, or the
  * class token plus the central k x k window of the patch grid. Returns the count. */
 static int select_tokens(const vit_config *c, const fuse_options *opt, int *tokens)
@@ -1038,14 +1059,8 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
     *maps_out = NULL;
     tf_status st = check_compatible(parents, n_parents, anchor);
     if (st != TF_OK) return st;
-    fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    if (!maps) st = TF_ERR_NOMEM;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) {
-        if (p == anchor) continue;
-        maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
-        if (!maps[p]) st = TF_ERR_NOMEM;
-    }
-    st = fuse_agree(comm, st, "allocating the maps");
+    fuse_maps **maps = NULL;
+    st = fuse_maps_create_all(comm, n_parents, anchor, parents[anchor]->cfg.layers, &maps);
 
     /* All parents in one pass, or (per_parent_stats) one parent at a time with the anchor,
      * which keeps the statistics of one parent only. The maps are the same either way. */
@@ -1058,8 +1073,7 @@ tf_status fuse_compute_maps(MPI_Comm comm, vit_model *const *parents, int n_pare
         st = maps_of(comm, pair, 2, 0, images, n_images, opt, pair_maps);
     }
     if (st != TF_OK) {
-        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
-        free(maps);
+        fuse_maps_free_all(&maps, n_parents);
         return st;
     }
     *maps_out = maps;

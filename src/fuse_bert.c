@@ -244,14 +244,8 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
     *maps_out = NULL;
     tf_status st = bert_check(parents, n_parents, anchor, opt);
     if (st != TF_OK) return st;
-    fuse_maps **maps = tf_calloc((size_t)n_parents, sizeof *maps);
-    if (!maps) st = TF_ERR_NOMEM;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) {
-        if (p == anchor) continue;
-        maps[p] = fuse_maps_create(parents[anchor]->cfg.layers);
-        if (!maps[p]) st = TF_ERR_NOMEM;
-    }
-    st = fuse_agree(comm, st, "allocating the maps");
+    fuse_maps **maps = NULL;
+    st = fuse_maps_create_all(comm, n_parents, anchor, parents[anchor]->cfg.layers, &maps);
 
     /* All parents in one pass, or one parent at a time with the anchor (per_parent_stats). */
     if (st == TF_OK && !opt->per_parent_stats)
@@ -263,8 +257,7 @@ tf_status fuse_bert_compute_maps(MPI_Comm comm, bert_model *const *parents, int 
         st = bert_maps_of(comm, pair, 2, 0, ids, lengths, n_seqs, opt, pair_maps);
     }
     if (st != TF_OK) {
-        for (int p = 0; maps && p < n_parents; p++) fuse_maps_free(&maps[p]);
-        free(maps);
+        fuse_maps_free_all(&maps, n_parents);
         return st;
     }
     *maps_out = maps;

@@ -121,6 +121,12 @@ void fuse_view_vit(const vit_model *m, fuse_view *v);
 
 /* A maps record with every plan NULL, for `layers` layers. */
 fuse_maps *fuse_maps_create(int layers);
+/* Collective on comm. Allocates *out, an array of n maps records with one of `layers`
+ * layers for every parent but the anchor, and agrees on the outcome over comm. On failure
+ * *out may be partly filled; free it with fuse_maps_free_all. */
+tf_status fuse_maps_create_all(MPI_Comm comm, int n, int anchor, int layers, fuse_maps ***out);
+/* Frees the n records of *maps and the array, and sets *maps to NULL; accepts NULL. */
+void fuse_maps_free_all(fuse_maps ***maps, int n);
 
 /* Collective on comm. Solves every OT problem of every non-anchor parent from the
  * statistics, spread over the ranks, and broadcasts the plans, so that every rank returns

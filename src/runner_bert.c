@@ -194,9 +194,9 @@ static tf_status evaluate(MPI_Comm comm, const bert_model *model, const bert_tex
     return finish_evaluation(comm, st, sums, out);
 }
 
-/* The same for the ensemble of n models: on each masked token it predicts
- * sum_t weights[t] * softmax(logits_t); the loss is -log of that at the label and the
- * prediction its largest entry. Collective on comm. */
+/* Computes the same metrics for the ensemble of n models. On each masked token the
+ * ensemble predicts sum_t weights[t] * softmax(logits_t), and its loss is -log of that at
+ * the label. Collective on comm. */
 static tf_status evaluate_ensemble(MPI_Comm comm, bert_model *const *models, const double *weights,
                                    int n, const bert_text *d, bert_eval_result *out)
 {
@@ -228,21 +228,19 @@ static tf_status evaluate_ensemble(MPI_Comm comm, bert_model *const *models, con
             st = bert_forward(models[t], acts[t], d->eval_ids + s * T, d->heldout->lengths + s,
                               labels, B, &loss);
             if (st != TF_OK) break;
+            /* The labels choose the predicted rows, so every model has the same ones. */
             const int64_t rows = acts[t]->num_pred;
-            if (t == 0 && rows > q_rows) {
+            if (rows > q_rows) {
                 free(q);
                 q = tf_malloc((size_t)rows * V * sizeof *q);
                 q_rows = q ? rows : 0;
-                if (!q) st = TF_ERR_NOMEM;
+                if (!q) {
+                    st = TF_ERR_NOMEM;
+                    break;
+                }
             }
-            if (st != TF_OK) break;
-            if (rows != acts[0]->num_pred) {
-                st = tf_error_set(TF_ERR_ARG, "ensemble evaluation: parents predict different "
-                                              "token counts");
-                break;
-            }
-            for (int64_t k = 0; k < rows * V; k++)
-                q[k] = (t == 0 ? 0 : q[k]) + weights[t] * acts[t]->probs[k];
+            if (t == 0 && rows > 0) memset(q, 0, (size_t)rows * V * sizeof *q);
+            for (int64_t k = 0; k < rows * V; k++) q[k] += weights[t] * acts[t]->probs[k];
         }
         for (int i = 0; st == TF_OK && i < acts[0]->num_pred; i++) {
             const double *row = q + (int64_t)i * V;

@@ -154,15 +154,21 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     return st;
 }
 
-tf_status runner_set_config_attr(h5f_file *h5, const job_method *method)
+/* Writes json as compact text to the root attribute `name` and deletes json (NULL: out of
+ * memory). */
+static tf_status set_json_attr(h5f_file *h5, const char *name, cJSON *json)
 {
-    cJSON *config = job_method_json(method);
-    char *text = config ? cJSON_PrintUnformatted(config) : NULL;
-    cJSON_Delete(config);
+    char *text = json ? cJSON_PrintUnformatted(json) : NULL;
+    cJSON_Delete(json);
     if (!text) return TF_ERR_NOMEM;
-    tf_status st = h5f_set_attr_string(h5, "/", "fusion_config", text);
+    tf_status st = h5f_set_attr_string(h5, "/", name, text);
     free(text);
     return st;
+}
+
+tf_status runner_set_config_attr(h5f_file *h5, const job_method *method)
+{
+    return set_json_attr(h5, "fusion_config", job_method_json(method));
 }
 
 /* What a fused model file depends on, as a JSON object: the method's settings, the
@@ -201,17 +207,11 @@ static cJSON *provenance_json(const job_fuse *f, const job_method *m, int finetu
 tf_status runner_set_provenance(h5f_file *h5, const job_fuse *f, const job_method *m,
                                 int finetuned)
 {
-    cJSON *j = provenance_json(f, m, finetuned);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
-    cJSON_Delete(j);
-    if (!text) return TF_ERR_NOMEM;
-    tf_status st = h5f_set_attr_string(h5, "/", "fusion_job", text);
-    free(text);
-    return st;
+    return set_json_attr(h5, "fusion_job", provenance_json(f, m, finetuned));
 }
 
-/* Finds the first key of want whose value differs in have, descending into the "method"
- * object, and writes "key = have-value, but the job has want-value" to out. */
+/* Finds the first key of want whose value differs in have, descending into objects (such
+ * as "method"), and writes "key = have-value, but the job has want-value" to out. */
 static void describe_difference(const cJSON *have, const cJSON *want, char *out, size_t size)
 {
     const cJSON *item = NULL;
@@ -354,8 +354,8 @@ static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
     return train_run(comm, model, train, &opt, NULL);
 }
 
-/* Accuracy and loss of the parents' ensemble: their predicted probabilities averaged with
- * the task's weights, the teachers of a finetune with distillation. */
+/* Accuracy and loss of the parents' ensemble, which averages their predicted probabilities
+ * with the task's weights and is the teacher of a finetune with distillation. */
 typedef struct {
     double accuracy, loss;
 } ensemble_result;

@@ -328,7 +328,7 @@ tf_status eval_accuracy(MPI_Comm comm, const vit_model *model, const tf_image_se
     return finish_eval(comm, st, sums, total, accuracy, loss);
 }
 
-/* Returns 1 when a and b have equal shapes, so that activation buffers made for a fit b. */
+/* Returns 1 when a and b have equal shapes, so that activation buffers sized for a fit b. */
 static int same_shapes(const vit_config *a, const vit_config *b)
 {
     return a->image_size == b->image_size && a->channels == b->channels && a->patch == b->patch &&

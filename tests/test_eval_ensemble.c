@@ -106,7 +106,7 @@ int main(int argc, char **argv)
                  acc == want_acc && fabs(loss - want_loss) <= 1e-5 * fabs(want_loss),
              "limit 20: accuracy %.6f loss %.9f, direct %.6f %.9f", acc, loss, want_acc, want_loss);
 
-    /* All weight on model 1 gives model 1; copies of model 2 give model 2. */
+    /* All weight on model 1 gives model 1, and copies of model 2 give model 2. */
     const double only1[N_MODELS] = {0, 1, 0};
     double acc1 = -1, loss1 = -1, loss_single = -2;
     eval_accuracy(MPI_COMM_WORLD, models[1], &set, 0, &single[1], &loss_single);

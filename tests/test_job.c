@@ -43,8 +43,8 @@ static void test_valid(void)
                  f->methods[1].ot.attention == FUSE_ATTN_HEAD_AWARE,
              "OT options wrong");
     TU_CHECK(f->finetune.steps == 50 && f->finetune.batch_size == 128, "finetune wrong");
-    /* A method without "weights" takes the task's; its own replace them for that method
-     * only, and the task's stay for the distillation targets. */
+    /* A method without "weights" takes the task's. A method's own weights replace them for
+     * that method only, and the task's stay for the distillation targets. */
     const job_method *m0 = &f->methods[0], *m1 = &f->methods[1];
     TU_CHECK(!m0->own_weights && m0->n_weights == 3 && m0->weights[0] == 0.25 &&
                  m0->weights[1] == 0.5 && m0->weights[2] == 0.25,

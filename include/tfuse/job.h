@@ -72,7 +72,7 @@ typedef struct {
      * without that key, a copy of the task's. The task's weights also weigh the
      * parents' predictions in a finetune's distillation targets. */
     int n_weights;
-    int own_weights; /* 1: from the method's "weights" key */
+    int own_weights; /* 1 when weights come from the method's own "weights" key */
     double weights[JOB_MAX_PARENTS];
 } job_method;
 

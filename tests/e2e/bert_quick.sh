@@ -121,7 +121,7 @@ check(abs(report["methods"][0]["one_shot_loss"] - one["methods"][0]["one_shot_lo
       "vanilla loss at one rank")
 check(report["eval_tokens"] > 100, f"{report['eval_tokens']} masked held-out tokens")
 # The ensemble averages probabilities, so by Jensen's inequality its loss is at most the
-# weighted mean of the parents' losses; at one rank it is the same up to rounding.
+# weighted mean of the parents' losses. At one rank it is the same up to rounding.
 ens = report.get("ensemble", {})
 mean_loss = sum(p["weight"] * p["heldout_loss"] for p in report["parents"])
 check(0 < ens.get("heldout_loss", -1) <= mean_loss + 1e-6,
