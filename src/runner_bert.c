@@ -1112,37 +1112,9 @@ static tf_status build_fusion(MPI_Comm comm, const job_fuse *f, const job_method
     return st;
 }
 
-/* Writes the transport maps of parent p under /maps/parent<p>/ (d_p, d_a) and (f_p, f_a). */
-static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const bert_model *parent,
-                            const bert_model *anchor)
+static tf_status write_model(const void *model, h5f_file *h5, const char *group)
 {
-    const int64_t dd[2] = {parent->cfg.d, anchor->cfg.d};
-    const int64_t ff[2] = {parent->cfg.mlp, anchor->cfg.mlp};
-    char name[128];
-    tf_status st = TF_OK;
-    if (maps->stream0) {
-        snprintf(name, sizeof name, "maps/parent%d/stream0", p);
-        st = h5f_write_f64(h5, name, 2, dd, maps->stream0);
-    }
-    for (int l = 0; st == TF_OK && l < maps->layers; l++) {
-        const struct {
-            const char *label;
-            const double *plan;
-            const int64_t *dims;
-        } plans[] = {{"qk", maps->qk ? maps->qk[l] : NULL, dd},
-                     {"v", maps->v ? maps->v[l] : NULL, dd},
-                     {"attn_out", maps->attn_out ? maps->attn_out[l] : NULL, dd},
-                     {"stream1", maps->stream1 ? maps->stream1[l] : NULL, dd},
-                     {"fc1", maps->fc1 ? maps->fc1[l] : NULL, ff},
-                     {"mlp_out", maps->mlp_out ? maps->mlp_out[l] : NULL, dd},
-                     {"stream2", maps->stream2 ? maps->stream2[l] : NULL, dd}};
-        for (size_t i = 0; st == TF_OK && i < sizeof plans / sizeof plans[0]; i++) {
-            if (!plans[i].plan) continue;
-            snprintf(name, sizeof name, "maps/parent%d/layer%d/%s", p, l, plans[i].label);
-            st = h5f_write_f64(h5, name, 2, plans[i].dims, plans[i].plan);
-        }
-    }
-    return st;
+    return bert_model_write(model, h5, group);
 }
 
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
@@ -1154,30 +1126,17 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     h5f_file *h5 = NULL;
     tf_status st = h5f_create(comm, path, f->overwrite, &h5);
     if (st != TF_OK) return st;
+    int d[JOB_MAX_PARENTS], mlp[JOB_MAX_PARENTS];
+    for (int p = 0; p < f->n_parents; p++) {
+        d[p] = parents[p]->cfg.d;
+        mlp[p] = parents[p]->cfg.mlp;
+    }
     st = bert_model_write(fu->fused, h5, "/");
     if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "vocab_file", vocab_path);
-    if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
-    if (st == TF_OK) st = runner_set_config_attr(h5, method);
-    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 0);
-    if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
-    for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
-        char key[64];
-        snprintf(key, sizeof key, "fusion_parent%d", p);
-        st = h5f_set_attr_string(h5, "/", key, f->parents[p]);
-        if (st == TF_OK && fu->aligned && f->save_aligned) {
-            snprintf(key, sizeof key, "aligned/parent%d", p);
-            st = bert_model_write(fu->aligned[p], h5, key);
-        }
-        if (st == TF_OK && fu->maps && fu->maps[p] && f->save_maps)
-            st = write_maps(h5, fu->maps[p], p, parents[p], parents[f->anchor]);
-    }
-    if (st != TF_OK) {
-        h5f_discard(&h5);
-        return st;
-    }
-    st = h5f_commit(&h5);
-    if (st == TF_OK) TF_INFO("fuse %s: wrote %s", f->name, path);
-    return st;
+    if (st == TF_OK)
+        st = runner_write_fusion_parts(h5, f, method, write_model, (const void *const *)fu->aligned,
+                                       fu->maps, d, mlp);
+    return runner_finish_method_file(&h5, st, f, path);
 }
 
 /* Finetunes model; checkpoint (NULL: none) is the checkpoint file of this finetune. */

@@ -46,42 +46,76 @@ static float *calibration_images(const tf_image_set *train, int64_t n, uint64_t 
     return x;
 }
 
-/* Writes the transport maps of parent p under /maps/parent<p>/. */
-static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const vit_model *parent,
-                            const vit_model *anchor)
+/* Writes the transport maps of parent p under /maps/parent<p>/: stream and embedding maps
+ * (d_p, d_a), per-layer maps (d_p, d_a) and the MLP hidden maps (f_p, f_a). */
+static tf_status write_maps(h5f_file *h5, const fuse_maps *maps, int p, const int64_t dd[2],
+                            const int64_t ff[2])
 {
     char name[128];
-    const int64_t dd[2] = {parent->cfg.d, anchor->cfg.d};
-    const int64_t ff[2] = {parent->cfg.mlp, anchor->cfg.mlp};
     tf_status st = TF_OK;
-#define WRITE(label, plan, dims)                                                                   \
-    do {                                                                                           \
-        if (st == TF_OK && (plan)) {                                                               \
-            snprintf(name, sizeof name, "maps/parent%d/%s", p, label);                             \
-            st = h5f_write_f64(h5, name, 2, dims, plan);                                           \
-        }                                                                                          \
-    } while (0)
-    WRITE("stream0", maps->stream0, dd);
-    WRITE("patch", maps->patch, dd);
-    WRITE("pos", maps->pos, dd);
-    for (int l = 0; l < maps->layers; l++) {
-        char label[64];
-        snprintf(label, sizeof label, "layer%d/qk", l);
-        WRITE(label, maps->qk[l], dd);
-        snprintf(label, sizeof label, "layer%d/v", l);
-        WRITE(label, maps->v[l], dd);
-        snprintf(label, sizeof label, "layer%d/attn_out", l);
-        WRITE(label, maps->attn_out[l], dd);
-        snprintf(label, sizeof label, "layer%d/stream1", l);
-        WRITE(label, maps->stream1[l], dd);
-        snprintf(label, sizeof label, "layer%d/fc1", l);
-        WRITE(label, maps->fc1[l], ff);
-        snprintf(label, sizeof label, "layer%d/mlp_out", l);
-        WRITE(label, maps->mlp_out[l], dd);
-        snprintf(label, sizeof label, "layer%d/stream2", l);
-        WRITE(label, maps->stream2[l], dd);
+    const struct {
+        const char *label;
+        const double *plan;
+    } embedding[] = {{"stream0", maps->stream0}, {"patch", maps->patch}, {"pos", maps->pos}};
+    for (size_t i = 0; st == TF_OK && i < sizeof embedding / sizeof embedding[0]; i++) {
+        if (!embedding[i].plan) continue;
+        snprintf(name, sizeof name, "maps/parent%d/%s", p, embedding[i].label);
+        st = h5f_write_f64(h5, name, 2, dd, embedding[i].plan);
     }
-#undef WRITE
+    for (int l = 0; st == TF_OK && l < maps->layers; l++) {
+        const struct {
+            const char *label;
+            double *const *plans;
+            const int64_t *dims;
+        } layer[] = {{"qk", maps->qk, dd},
+                     {"v", maps->v, dd},
+                     {"attn_out", maps->attn_out, dd},
+                     {"stream1", maps->stream1, dd},
+                     {"fc1", maps->fc1, ff},
+                     {"mlp_out", maps->mlp_out, dd},
+                     {"stream2", maps->stream2, dd}};
+        for (size_t i = 0; st == TF_OK && i < sizeof layer / sizeof layer[0]; i++) {
+            if (!layer[i].plans || !layer[i].plans[l]) continue;
+            snprintf(name, sizeof name, "maps/parent%d/layer%d/%s", p, l, layer[i].label);
+            st = h5f_write_f64(h5, name, 2, layer[i].dims, layer[i].plans[l]);
+        }
+    }
+    return st;
+}
+
+tf_status runner_write_fusion_parts(h5f_file *h5, const job_fuse *f, const job_method *method,
+                                    runner_model_writer write_model, const void *const *aligned,
+                                    fuse_maps *const *maps, const int *d, const int *mlp)
+{
+    tf_status st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
+    if (st == TF_OK) st = runner_set_config_attr(h5, method);
+    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 0);
+    if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
+    for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
+        char key[64];
+        snprintf(key, sizeof key, "fusion_parent%d", p);
+        st = h5f_set_attr_string(h5, "/", key, f->parents[p]);
+        if (st == TF_OK && aligned && f->save_aligned) {
+            snprintf(key, sizeof key, "aligned/parent%d", p);
+            st = write_model(aligned[p], h5, key);
+        }
+        if (st == TF_OK && maps && maps[p] && f->save_maps) {
+            const int64_t dd[2] = {d[p], d[f->anchor]}, ff[2] = {mlp[p], mlp[f->anchor]};
+            st = write_maps(h5, maps[p], p, dd, ff);
+        }
+    }
+    return st;
+}
+
+tf_status runner_finish_method_file(h5f_file **h5, tf_status st, const job_fuse *f,
+                                    const char *path)
+{
+    if (st != TF_OK) {
+        h5f_discard(h5);
+        return st;
+    }
+    st = h5f_commit(h5);
+    if (st == TF_OK) TF_INFO("fuse %s: wrote %s", f->name, path);
     return st;
 }
 
@@ -291,6 +325,11 @@ static tf_status save_finetuned(MPI_Comm comm, const job_fuse *f, const job_meth
     return h5f_commit(&h5);
 }
 
+static tf_status write_model(const void *model, h5f_file *h5, const char *group)
+{
+    return vit_model_write(model, h5, group);
+}
+
 static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_method *method,
                                    vit_model **parents, const vit_model *fused, vit_model **aligned,
                                    fuse_maps **maps)
@@ -300,29 +339,16 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     h5f_file *h5 = NULL;
     tf_status st = h5f_create(comm, path, f->overwrite, &h5);
     if (st != TF_OK) return st;
+    int d[JOB_MAX_PARENTS], mlp[JOB_MAX_PARENTS];
+    for (int p = 0; p < f->n_parents; p++) {
+        d[p] = parents[p]->cfg.d;
+        mlp[p] = parents[p]->cfg.mlp;
+    }
     st = vit_model_write(fused, h5, "/");
-    if (st == TF_OK) st = h5f_set_attr_string(h5, "/", "fusion_method", method->name);
-    if (st == TF_OK) st = runner_set_config_attr(h5, method);
-    if (st == TF_OK) st = runner_set_provenance(h5, f, method, 0);
-    if (st == TF_OK) st = h5f_set_attr_int(h5, "/", "fusion_anchor", f->anchor);
-    for (int p = 0; st == TF_OK && p < f->n_parents; p++) {
-        char key[64];
-        snprintf(key, sizeof key, "fusion_parent%d", p);
-        st = h5f_set_attr_string(h5, "/", key, f->parents[p]);
-        if (st == TF_OK && aligned && f->save_aligned) {
-            snprintf(key, sizeof key, "aligned/parent%d", p);
-            st = vit_model_write(aligned[p], h5, key);
-        }
-        if (st == TF_OK && maps && maps[p] && f->save_maps)
-            st = write_maps(h5, maps[p], p, parents[p], parents[f->anchor]);
-    }
-    if (st != TF_OK) {
-        h5f_discard(&h5);
-        return st;
-    }
-    st = h5f_commit(&h5);
-    if (st == TF_OK) TF_INFO("fuse %s: wrote %s", f->name, path);
-    return st;
+    if (st == TF_OK)
+        st = runner_write_fusion_parts(h5, f, method, write_model, (const void *const *)aligned,
+                                       maps, d, mlp);
+    return runner_finish_method_file(&h5, st, f, path);
 }
 
 /* Finetunes model; checkpoint (NULL: none) is the checkpoint file of this finetune. */

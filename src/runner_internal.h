@@ -3,6 +3,7 @@
 #define TFUSE_RUNNER_INTERNAL_H
 
 #include "tfuse/data.h"
+#include "tfuse/fuse.h"
 #include "tfuse/job.h"
 
 struct cJSON;
@@ -29,6 +30,21 @@ tf_status runner_set_config_attr(struct h5f_file *h5, const job_method *method);
  * finetune settings. */
 tf_status runner_set_provenance(struct h5f_file *h5, const job_fuse *f, const job_method *m,
                                 int finetuned);
+/* Writes a model under group of an open file. */
+typedef tf_status (*runner_model_writer)(const void *model, struct h5f_file *h5, const char *group);
+/* Writes what a fused model file holds besides the model: the attributes fusion_method,
+ * fusion_config, fusion_job, fusion_anchor and fusion_parent<p>, and, as the task asks,
+ * each parent aligned into the anchor's basis (aligned[p], written by write_model; aligned
+ * may be NULL) and its transport maps (maps[p] may be NULL). d and mlp give each parent's
+ * model and MLP widths. */
+tf_status runner_write_fusion_parts(struct h5f_file *h5, const job_fuse *f,
+                                    const job_method *method, runner_model_writer write_model,
+                                    const void *const *aligned, fuse_maps *const *maps,
+                                    const int *d, const int *mlp);
+/* Commits the fused model file *h5 at path if st is TF_OK, else discards it; returns the
+ * first failure. */
+tf_status runner_finish_method_file(struct h5f_file **h5, tf_status st, const job_fuse *f,
+                                    const char *path);
 /* Collective on comm. Checks that the fusion_job attribute of the file at path equals what
  * this job would write, before resume reuses the file. Otherwise fails with a message that
  * names the first differing setting, because the report would describe another model. */
