@@ -597,6 +597,27 @@ tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_
     return st;
 }
 
+train_schedule runner_train_schedule(const job_train *t, const job_file *job, int64_t steps,
+                                     const char *checkpoint)
+{
+    return (train_schedule){.steps = steps,
+                            .batch_size = t->batch_size,
+                            .lr = t->optimizer.lr,
+                            .min_lr = t->optimizer.min_lr,
+                            .weight_decay = t->optimizer.weight_decay,
+                            .beta1 = t->optimizer.beta1,
+                            .beta2 = t->optimizer.beta2,
+                            .eps = t->optimizer.eps,
+                            .warmup_steps = t->optimizer.warmup_steps,
+                            .seed = t->seed,
+                            .log_every = t->log_every,
+                            .label = t->name,
+                            .checkpoint_path = checkpoint,
+                            .checkpoint_every = t->checkpoint_every,
+                            .resume = job->resume,
+                            .stop_after = job->stop_after};
+}
+
 static tf_status run_train(MPI_Comm comm, const job_train *t, const job_file *job)
 {
     if (job->resume && runner_file_exists(t->output)) {
@@ -624,22 +645,7 @@ static tf_status run_train(MPI_Comm comm, const job_train *t, const job_file *jo
             t->batch_size, (long long)steps, plural_s(steps), (double)steps / (double)per_epoch);
 
     /* Step 2: data-parallel AdamW. */
-    train_options opt = {.steps = steps,
-                         .batch_size = t->batch_size,
-                         .lr = t->optimizer.lr,
-                         .min_lr = t->optimizer.min_lr,
-                         .weight_decay = t->optimizer.weight_decay,
-                         .beta1 = t->optimizer.beta1,
-                         .beta2 = t->optimizer.beta2,
-                         .eps = t->optimizer.eps,
-                         .warmup_steps = t->optimizer.warmup_steps,
-                         .seed = t->seed,
-                         .log_every = t->log_every,
-                         .label = t->name,
-                         .checkpoint_path = checkpoint,
-                         .checkpoint_every = t->checkpoint_every,
-                         .resume = job->resume,
-                         .stop_after = job->stop_after};
+    train_options opt = {.s = runner_train_schedule(t, job, steps, checkpoint)};
     st = train_run(comm, model, train, &opt, &result);
     if (st != TF_OK) goto done;
 

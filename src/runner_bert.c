@@ -261,25 +261,12 @@ static tf_status evaluate_ensemble(MPI_Comm comm, bert_model *const *models, con
 
 /* ---- Training ------------------------------------------------------------------------ */
 
+/* BERT training: the shared schedule (batches of sequences; the seed also draws the
+ * masks), the masking rate and the distillation teachers. */
 typedef struct {
-    int64_t steps;
-    int batch_size; /* global batch of sequences, split over the ranks */
-    double lr, min_lr, weight_decay, beta1, beta2, eps;
-    int64_t warmup_steps;
-    uint64_t seed; /* order of the sequences and the training masks */
-    int log_every;
-    const char *label;
+    train_schedule s;
     double mask_prob;
-    /* Distillation as in train_options: targets (1 - distill) onehot + distill q. */
-    double distill;
-    bert_model *const *teachers;
-    const double *teacher_weights;
-    int n_teachers;
-    /* Checkpoints and the stop hook as in train_options. */
-    const char *checkpoint_path;
-    int64_t checkpoint_every;
-    int resume;
-    int64_t stop_after;
+    bert_model *const *teachers; /* (s.n_teachers) */
 } bert_train_options;
 
 /* Local buffers of one training loop. */
@@ -309,20 +296,21 @@ static void train_buffers_release(train_buffers *b, int n_teachers)
 static tf_status train_buffers_init(train_buffers *b, const bert_model *model,
                                     const bert_train_options *o, int local)
 {
-    const int64_t BT = (int64_t)o->batch_size * model->cfg.seq_len;
+    const int64_t BT = (int64_t)o->s.batch_size * model->cfg.seq_len;
     memset(b, 0, sizeof *b);
     b->ids = tf_malloc((size_t)BT * sizeof(int));
     b->labels = tf_malloc((size_t)BT * sizeof(int));
-    b->lengths = tf_malloc((size_t)o->batch_size * sizeof(int));
+    b->lengths = tf_malloc((size_t)o->s.batch_size * sizeof(int));
     b->grads = tf_malloc((size_t)model->num_params * sizeof(float));
     if (!b->ids || !b->labels || !b->lengths || !b->grads) return TF_ERR_NOMEM;
     tf_status st = bert_acts_create(&model->cfg, local > 0 ? local : 1, &b->acts);
     if (st == TF_OK)
-        st = bert_adamw_create(model, o->beta1, o->beta2, o->eps, o->weight_decay, &b->adam);
-    if (st != TF_OK || !(o->distill > 0 && o->n_teachers > 0)) return st;
-    b->teacher_acts = tf_calloc((size_t)o->n_teachers, sizeof *b->teacher_acts);
+        st =
+            bert_adamw_create(model, o->s.beta1, o->s.beta2, o->s.eps, o->s.weight_decay, &b->adam);
+    if (st != TF_OK || !(o->s.distill > 0 && o->s.n_teachers > 0)) return st;
+    b->teacher_acts = tf_calloc((size_t)o->s.n_teachers, sizeof *b->teacher_acts);
     if (!b->teacher_acts) return TF_ERR_NOMEM;
-    for (int t = 0; st == TF_OK && t < o->n_teachers; t++)
+    for (int t = 0; st == TF_OK && t < o->s.n_teachers; t++)
         st = bert_acts_create(&o->teachers[t]->cfg, local > 0 ? local : 1, &b->teacher_acts[t]);
     return st;
 }
@@ -343,17 +331,17 @@ static tf_status distill_targets(const bert_train_options *o, train_buffers *b, 
     }
     float *q = b->targets;
     for (int64_t k = 0; k < (int64_t)n * vocab; k++) q[k] = 0;
-    for (int t = 0; t < o->n_teachers; t++) {
+    for (int t = 0; t < o->s.n_teachers; t++) {
         float unused = 0;
         tf_status st =
             bert_forward(o->teachers[t], b->teacher_acts[t], ids, lengths, labels, B, &unused);
         if (st != TF_OK) return st;
-        const float w = (float)(o->distill * o->teacher_weights[t]);
+        const float w = (float)(o->s.distill * o->s.teacher_weights[t]);
         const float *probs = b->teacher_acts[t]->probs;
         for (int64_t k = 0; k < (int64_t)n * vocab; k++) q[k] += w * probs[k];
     }
     for (int i = 0; i < n; i++)
-        q[(int64_t)i * vocab + labels[b->acts->pred_pos[i]]] += (float)(1.0 - o->distill);
+        q[(int64_t)i * vocab + labels[b->acts->pred_pos[i]]] += (float)(1.0 - o->s.distill);
     return TF_OK;
 }
 
@@ -375,7 +363,7 @@ static tf_status local_step(bert_model *model, const bert_train_options *o, trai
     }
     float loss = 0;
     tf_status st = bert_forward(model, b->acts, ids, lengths, labels, count, &loss);
-    const int distill = o->distill > 0 && o->n_teachers > 0;
+    const int distill = o->s.distill > 0 && o->s.n_teachers > 0;
     if (st == TF_OK && distill) st = distill_targets(o, b, ids, lengths, labels, count);
     if (st == TF_OK)
         st = distill ? bert_backward_soft(model, b->acts, b->targets, b->grads)
@@ -407,14 +395,14 @@ static tf_status log_progress(MPI_Comm comm, const bert_train_options *o, train_
     if (!isfinite(mean_loss))
         return tf_error_set(TF_ERR_NUMERIC,
                             "%s: training loss became %g at step %lld; lower the learning rate",
-                            o->label, mean_loss, (long long)step + 1);
+                            o->s.label, mean_loss, (long long)step + 1);
     double now = tf_seconds();
     double rate = (double)(step + 1 - pr->first_step) / (now - pr->t_start);
     TF_INFO("%s: step %lld/%lld  epoch %.2f  MLM loss %.4f  lr %.2e  %.0f seq/s  %.0f s left",
-            o->label, (long long)step + 1, (long long)o->steps,
+            o->s.label, (long long)step + 1, (long long)o->s.steps,
             (double)(step + 1) / (double)pr->per_epoch, mean_loss, lr,
-            (double)pr->timed_steps * o->batch_size / (now - pr->t_log),
-            (double)(o->steps - step - 1) / rate);
+            (double)pr->timed_steps * o->s.batch_size / (now - pr->t_log),
+            (double)(o->s.steps - step - 1) / rate);
     pr->t_log = now;
     pr->timed_steps = 0;
     pr->last_loss = mean_loss;
@@ -432,9 +420,9 @@ static tf_status train_step(MPI_Comm comm, bert_model *model, const text_seqs *t
                             int64_t first_seq, int first, int count, int64_t step,
                             double *loss_share)
 {
-    const int B = o->batch_size, T = model->cfg.seq_len;
+    const int B = o->s.batch_size, T = model->cfg.seq_len;
     tf_rng mask_rng;
-    tf_rng_seed(&mask_rng, (o->seed ^ 0x6d61736b00000000ULL) + (uint64_t)step * 7919u);
+    tf_rng_seed(&mask_rng, (o->s.seed ^ 0x6d61736b00000000ULL) + (uint64_t)step * 7919u);
     tf_status st = bert_mlm_batch(train, perm, first_seq, B, model->cfg.vocab, o->mask_prob,
                                   &mask_rng, buf->ids, buf->lengths, buf->labels);
     int64_t n_global = 0;
@@ -453,8 +441,8 @@ static tf_status train_step(MPI_Comm comm, bert_model *model, const text_seqs *t
         return tf_error_set(TF_ERR_NUMERIC,
                             "%s: the gradient at step %lld is not finite, or another rank "
                             "failed; see its message",
-                            o->label, (long long)step + 1);
-    double lr = tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr);
+                            o->s.label, (long long)step + 1);
+    double lr = tf_cosine_lr(step, o->s.warmup_steps, o->s.steps, o->s.lr, o->s.min_lr);
     bert_adamw_step(buf->adam, model, buf->grads, lr);
     return TF_OK;
 }
@@ -465,19 +453,19 @@ static int checkpoint_settings(const bert_train_options *o, const bert_model *mo
 {
     const bert_config *c = &model->cfg;
     const ckpt_setting list[] = {
-        {"steps", 0, o->steps, 0},
-        {"batch_size", 0, o->batch_size, 0},
-        {"seed", 0, (int64_t)o->seed, 0},
-        {"warmup_steps", 0, o->warmup_steps, 0},
+        {"steps", 0, o->s.steps, 0},
+        {"batch_size", 0, o->s.batch_size, 0},
+        {"seed", 0, (int64_t)o->s.seed, 0},
+        {"warmup_steps", 0, o->s.warmup_steps, 0},
         {"training_sequences", 0, train_count, 0},
-        {"teachers", 0, o->distill > 0 ? o->n_teachers : 0, 0},
-        {"lr", 1, 0, o->lr},
-        {"min_lr", 1, 0, o->min_lr},
-        {"weight_decay", 1, 0, o->weight_decay},
-        {"beta1", 1, 0, o->beta1},
-        {"beta2", 1, 0, o->beta2},
-        {"eps", 1, 0, o->eps},
-        {"distill", 1, 0, o->distill},
+        {"teachers", 0, o->s.distill > 0 ? o->s.n_teachers : 0, 0},
+        {"lr", 1, 0, o->s.lr},
+        {"min_lr", 1, 0, o->s.min_lr},
+        {"weight_decay", 1, 0, o->s.weight_decay},
+        {"beta1", 1, 0, o->s.beta1},
+        {"beta2", 1, 0, o->s.beta2},
+        {"eps", 1, 0, o->s.eps},
+        {"distill", 1, 0, o->s.distill},
         {"mask_prob", 1, 0, o->mask_prob},
         {"vocab", 0, c->vocab, 0},
         {"seq_len", 0, c->seq_len, 0},
@@ -508,10 +496,10 @@ static tf_status checkpoint_save(MPI_Comm comm, const bert_train_options *o,
                               .loss_sum = pr->loss_sum,
                               .loss_steps = pr->loss_steps,
                               .last_loss = pr->last_loss};
-    return ckpt_save_training(comm, o->checkpoint_path, "bert", o->label, settings, n, &state);
+    return ckpt_save_training(comm, o->s.checkpoint_path, "bert", o->s.label, settings, n, &state);
 }
 
-/* With o->resume, loads the checkpoint into model, adam and pr when it exists; *first_step
+/* With o->s.resume, loads the checkpoint into model, adam and pr when it exists; *first_step
  * receives the steps it contains (0 without one). Collective. */
 static tf_status checkpoint_restore(MPI_Comm comm, const bert_train_options *o, bert_model *model,
                                     bert_adamw *adam, int64_t train_count, train_progress *pr,
@@ -525,9 +513,9 @@ static tf_status checkpoint_restore(MPI_Comm comm, const bert_train_options *o, 
                         .adam_v = adam->v};
     int found = 0;
     *first_step = 0;
-    if (!o->checkpoint_path || !o->resume) return TF_OK;
-    tf_status st = ckpt_resume_training(comm, o->checkpoint_path, "bert", o->label, settings, n,
-                                        o->steps, &state, &found);
+    if (!o->s.checkpoint_path || !o->s.resume) return TF_OK;
+    tf_status st = ckpt_resume_training(comm, o->s.checkpoint_path, "bert", o->s.label, settings, n,
+                                        o->s.steps, &state, &found);
     if (st != TF_OK || !found) return st;
     adam->step = state.step;
     pr->loss_sum = state.loss_sum;
@@ -537,7 +525,7 @@ static tf_status checkpoint_restore(MPI_Comm comm, const bert_train_options *o, 
     return TF_OK;
 }
 
-/* Collective on comm. Trains model (replicated, kept identical) for o->steps AdamW steps
+/* Collective on comm. Trains model (replicated, kept identical) for o->s.steps AdamW steps
  * with train_step, on batches drawn from a fresh shuffle of the sequences each epoch; the
  * masks do not depend on the number of ranks. */
 static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *train,
@@ -546,13 +534,13 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
     int rank, size;
     TF_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     TF_MPI_CHECK(MPI_Comm_size(comm, &size));
-    const int B = o->batch_size;
+    const int B = o->s.batch_size;
     if (B > train->count)
         return tf_error_set(TF_ERR_ARG,
                             "%s: batch_size = %d exceeds the %lld training sequences; lower it",
-                            o->label, B, (long long)train->count);
+                            o->s.label, B, (long long)train->count);
     if (model->num_params > INT32_MAX)
-        return tf_error_set(TF_ERR_ARG, "%s: %lld parameters do not fit one MPI count", o->label,
+        return tf_error_set(TF_ERR_ARG, "%s: %lld parameters do not fit one MPI count", o->s.label,
                             (long long)model->num_params);
     const int first = (int)((int64_t)B * rank / size);
     const int count = (int)((int64_t)B * (rank + 1) / size) - first;
@@ -565,14 +553,14 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
 
     if (st == TF_OK)
         st = checkpoint_restore(comm, o, model, buf.adam, train->count, &pr, &pr.first_step);
-    const int64_t every = o->checkpoint_path ? o->checkpoint_every : 0;
+    const int64_t every = o->s.checkpoint_path ? o->s.checkpoint_every : 0;
     tf_rng order_rng;
-    for (int64_t step = pr.first_step; st == TF_OK && step < o->steps; step++) {
+    for (int64_t step = pr.first_step; st == TF_OK && step < o->s.steps; step++) {
         /* Each epoch's order depends on (seed, epoch) alone, so a resumed run draws it
          * again. */
         const int64_t in_epoch = step % pr.per_epoch;
         if (in_epoch == 0 || step == pr.first_step) {
-            tf_rng_seed(&order_rng, o->seed * 1000003u + (uint64_t)(step / pr.per_epoch));
+            tf_rng_seed(&order_rng, o->s.seed * 1000003u + (uint64_t)(step / pr.per_epoch));
             for (int64_t i = 0; i < train->count; i++) perm[i] = i;
             tf_rng_shuffle(&order_rng, perm, train->count);
         }
@@ -582,17 +570,19 @@ static tf_status train_mlm(MPI_Comm comm, bert_model *model, const text_seqs *tr
         pr.loss_sum += loss_share;
         pr.loss_steps++;
         pr.timed_steps++;
-        if (st == TF_OK && ((step + 1) % o->log_every == 0 || step + 1 == o->steps))
-            st = log_progress(comm, o, &pr, step,
-                              tf_cosine_lr(step, o->warmup_steps, o->steps, o->lr, o->min_lr));
+        if (st == TF_OK && ((step + 1) % o->s.log_every == 0 || step + 1 == o->s.steps))
+            st = log_progress(
+                comm, o, &pr, step,
+                tf_cosine_lr(step, o->s.warmup_steps, o->s.steps, o->s.lr, o->s.min_lr));
         if (st == TF_OK && every > 0 && (step + 1) % every == 0)
             st = checkpoint_save(comm, o, model, buf.adam, train->count, &pr);
-        if (st == TF_OK && o->stop_after > 0 && step + 1 == o->stop_after && step + 1 < o->steps)
+        if (st == TF_OK && o->s.stop_after > 0 && step + 1 == o->s.stop_after &&
+            step + 1 < o->s.steps)
             st = tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
-                              o->label, (long long)step + 1);
+                              o->s.label, (long long)step + 1);
     }
     if (seconds) *seconds = tf_seconds() - pr.t_start;
-    train_buffers_release(&buf, o->n_teachers);
+    train_buffers_release(&buf, o->s.n_teachers);
     free(perm);
     return st;
 }
@@ -697,23 +687,8 @@ tf_status runner_run_train_bert(MPI_Comm comm, const job_train *t, const job_fil
             (long long)steps, steps == 1 ? "" : "s", (double)steps / (double)per_epoch);
 
     /* Step 2: data-parallel AdamW on masked training sequences. */
-    bert_train_options opt = {.steps = steps,
-                              .batch_size = t->batch_size,
-                              .lr = t->optimizer.lr,
-                              .min_lr = t->optimizer.min_lr,
-                              .weight_decay = t->optimizer.weight_decay,
-                              .beta1 = t->optimizer.beta1,
-                              .beta2 = t->optimizer.beta2,
-                              .eps = t->optimizer.eps,
-                              .warmup_steps = t->optimizer.warmup_steps,
-                              .seed = t->seed,
-                              .log_every = t->log_every,
-                              .label = t->name,
-                              .mask_prob = t->data.text.mask_prob,
-                              .checkpoint_path = checkpoint,
-                              .checkpoint_every = t->checkpoint_every,
-                              .resume = job->resume,
-                              .stop_after = job->stop_after};
+    bert_train_options opt = {.s = runner_train_schedule(t, job, steps, checkpoint),
+                              .mask_prob = t->data.text.mask_prob};
     st = train_mlm(comm, model, d.train, &opt, &seconds);
 
     /* Step 3: held-out metrics, then the model file. */
@@ -1144,28 +1119,9 @@ static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
                           const text_seqs *train, bert_model *model, bert_model *const *parents,
                           const char *label, const char *checkpoint)
 {
-    const job_finetune *ft = &f->finetune;
-    bert_train_options opt = {.steps = ft->steps,
-                              .batch_size = ft->batch_size,
-                              .lr = ft->lr,
-                              .min_lr = ft->min_lr,
-                              .weight_decay = ft->weight_decay,
-                              .beta1 = 0.9,
-                              .beta2 = 0.999,
-                              .eps = 1e-8,
-                              .warmup_steps = ft->warmup_steps,
-                              .seed = ft->seed,
-                              .log_every = ft->steps >= 10 ? (int)(ft->steps / 5) : 1,
-                              .label = label,
+    bert_train_options opt = {.s = runner_finetune_schedule(f, job, label, checkpoint),
                               .mask_prob = f->data.text.mask_prob,
-                              .distill = ft->distill,
-                              .teachers = parents,
-                              .teacher_weights = f->weights,
-                              .n_teachers = f->n_parents,
-                              .checkpoint_path = checkpoint,
-                              .checkpoint_every = ft->checkpoint_every,
-                              .resume = job->resume,
-                              .stop_after = job->stop_after};
+                              .teachers = parents};
     return train_mlm(comm, model, train, &opt, NULL);
 }
 

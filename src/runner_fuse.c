@@ -351,32 +351,38 @@ static tf_status write_method_file(MPI_Comm comm, const job_fuse *f, const job_m
     return runner_finish_method_file(&h5, st, f, path);
 }
 
+train_schedule runner_finetune_schedule(const job_fuse *f, const job_file *job, const char *label,
+                                        const char *checkpoint)
+{
+    const job_finetune *ft = &f->finetune;
+    return (train_schedule){.steps = ft->steps,
+                            .batch_size = ft->batch_size,
+                            .lr = ft->lr,
+                            .min_lr = ft->min_lr,
+                            .weight_decay = ft->weight_decay,
+                            .beta1 = 0.9,
+                            .beta2 = 0.999,
+                            .eps = 1e-8,
+                            .warmup_steps = ft->warmup_steps,
+                            .seed = ft->seed,
+                            .log_every = ft->steps >= 10 ? (int)(ft->steps / 5) : 1,
+                            .label = label,
+                            .distill = ft->distill,
+                            .teacher_weights = f->weights,
+                            .n_teachers = f->n_parents,
+                            .checkpoint_path = checkpoint,
+                            .checkpoint_every = ft->checkpoint_every,
+                            .resume = job->resume,
+                            .stop_after = job->stop_after};
+}
+
 /* Finetunes model; checkpoint (NULL: none) is the checkpoint file of this finetune. */
 static tf_status finetune(MPI_Comm comm, const job_fuse *f, const job_file *job,
                           const tf_image_set *train, vit_model *model, vit_model *const *parents,
                           const char *label, const char *checkpoint)
 {
-    const job_finetune *ft = &f->finetune;
-    train_options opt = {.steps = ft->steps,
-                         .batch_size = ft->batch_size,
-                         .lr = ft->lr,
-                         .min_lr = ft->min_lr,
-                         .weight_decay = ft->weight_decay,
-                         .beta1 = 0.9,
-                         .beta2 = 0.999,
-                         .eps = 1e-8,
-                         .warmup_steps = ft->warmup_steps,
-                         .seed = ft->seed,
-                         .log_every = ft->steps >= 10 ? ft->steps / 5 : 1,
-                         .label = label,
-                         .distill = ft->distill,
-                         .teachers = parents,
-                         .teacher_weights = f->weights,
-                         .n_teachers = f->n_parents,
-                         .checkpoint_path = checkpoint,
-                         .checkpoint_every = ft->checkpoint_every,
-                         .resume = job->resume,
-                         .stop_after = job->stop_after};
+    train_options opt = {.s = runner_finetune_schedule(f, job, label, checkpoint),
+                         .teachers = parents};
     return train_run(comm, model, train, &opt, NULL);
 }
 

@@ -5,6 +5,7 @@
 #include "tfuse/data.h"
 #include "tfuse/fuse.h"
 #include "tfuse/job.h"
+#include "tfuse/train.h"
 
 struct cJSON;
 int runner_file_exists(const char *path);
@@ -50,6 +51,13 @@ tf_status runner_finish_method_file(struct h5f_file **h5, tf_status st, const jo
  * names the first differing setting, because the report would describe another model. */
 tf_status runner_check_provenance(MPI_Comm comm, const char *path, const job_fuse *f,
                                   const job_method *m, int finetuned);
+
+/* The training schedule of train task t (steps: its step count) and of the finetune of fuse
+ * task f, with checkpoints at checkpoint (NULL: none) and the job's resume settings. */
+train_schedule runner_train_schedule(const job_train *t, const job_file *job, int64_t steps,
+                                     const char *checkpoint);
+train_schedule runner_finetune_schedule(const job_fuse *f, const job_file *job, const char *label,
+                                        const char *checkpoint);
 
 /* Runs a fuse task of job; with job->resume, methods whose output files exist are loaded
  * from them instead of being rebuilt and finetuned again, and a finetune continues from its

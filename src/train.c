@@ -41,14 +41,15 @@ static tf_status distill_targets(const train_options *opt, vit_acts **teacher_ac
                                  float *targets)
 {
     for (int64_t k = 0; k < (int64_t)count * classes; k++) targets[k] = 0;
-    for (int t = 0; t < opt->n_teachers; t++) {
+    for (int t = 0; t < opt->s.n_teachers; t++) {
         tf_status st = vit_forward(opt->teachers[t], teacher_acts[t], x, NULL, count, NULL);
         if (st != TF_OK) return st;
         const float *q = teacher_acts[t]->probs;
         for (int64_t k = 0; k < (int64_t)count * classes; k++)
-            targets[k] += (float)(opt->distill * opt->teacher_weights[t]) * q[k];
+            targets[k] += (float)(opt->s.distill * opt->s.teacher_weights[t]) * q[k];
     }
-    for (int b = 0; b < count; b++) targets[(int64_t)b * classes + y[b]] += (float)(1 - opt->distill);
+    for (int b = 0; b < count; b++)
+        targets[(int64_t)b * classes + y[b]] += (float)(1 - opt->s.distill);
     return TF_OK;
 }
 
@@ -58,19 +59,19 @@ static int checkpoint_settings(const train_options *opt, const vit_model *model,
 {
     const vit_config *c = &model->cfg;
     const ckpt_setting list[] = {
-        {"steps", 0, opt->steps, 0},
-        {"batch_size", 0, opt->batch_size, 0},
-        {"seed", 0, (int64_t)opt->seed, 0},
-        {"warmup_steps", 0, opt->warmup_steps, 0},
+        {"steps", 0, opt->s.steps, 0},
+        {"batch_size", 0, opt->s.batch_size, 0},
+        {"seed", 0, (int64_t)opt->s.seed, 0},
+        {"warmup_steps", 0, opt->s.warmup_steps, 0},
         {"training_images", 0, train_count, 0},
-        {"teachers", 0, opt->distill > 0 ? opt->n_teachers : 0, 0},
-        {"lr", 1, 0, opt->lr},
-        {"min_lr", 1, 0, opt->min_lr},
-        {"weight_decay", 1, 0, opt->weight_decay},
-        {"beta1", 1, 0, opt->beta1},
-        {"beta2", 1, 0, opt->beta2},
-        {"eps", 1, 0, opt->eps},
-        {"distill", 1, 0, opt->distill},
+        {"teachers", 0, opt->s.distill > 0 ? opt->s.n_teachers : 0, 0},
+        {"lr", 1, 0, opt->s.lr},
+        {"min_lr", 1, 0, opt->s.min_lr},
+        {"weight_decay", 1, 0, opt->s.weight_decay},
+        {"beta1", 1, 0, opt->s.beta1},
+        {"beta2", 1, 0, opt->s.beta2},
+        {"eps", 1, 0, opt->s.eps},
+        {"distill", 1, 0, opt->s.distill},
         {"image_size", 0, c->image_size, 0},
         {"channels", 0, c->channels, 0},
         {"patch", 0, c->patch, 0},
@@ -87,32 +88,34 @@ static int checkpoint_settings(const train_options *opt, const vit_model *model,
     return n;
 }
 
-/* Writes state (loss_sum: this rank's share) to opt->checkpoint_path. Collective. */
+/* Writes state (loss_sum: this rank's share) to opt->s.checkpoint_path. Collective. */
 static tf_status checkpoint_save(MPI_Comm comm, const train_options *opt, const vit_model *model,
                                  int64_t train_count, const ckpt_state *state)
 {
     ckpt_setting settings[CKPT_MAX_SETTINGS];
     const int n = checkpoint_settings(opt, model, train_count, settings);
-    return ckpt_save_training(comm, opt->checkpoint_path, "vit", opt->label, settings, n, state);
+    return ckpt_save_training(comm, opt->s.checkpoint_path, "vit", opt->s.label, settings, n,
+                              state);
 }
 
 /* Ends the step that leaves `state`: writes a checkpoint when one is due, and returns
- * TF_ERR_ARG when opt->stop_after requests a stop here. Collective. */
+ * TF_ERR_ARG when opt->s.stop_after requests a stop here. Collective. */
 static tf_status end_step(MPI_Comm comm, const train_options *opt, const vit_model *model,
                           int64_t train_count, const ckpt_state *state)
 {
     const int64_t done = state->step;
-    if (opt->checkpoint_path && opt->checkpoint_every > 0 && done % opt->checkpoint_every == 0) {
+    if (opt->s.checkpoint_path && opt->s.checkpoint_every > 0 &&
+        done % opt->s.checkpoint_every == 0) {
         tf_status st = checkpoint_save(comm, opt, model, train_count, state);
         if (st != TF_OK) return st;
     }
-    if (opt->stop_after > 0 && done == opt->stop_after && done < opt->steps)
+    if (opt->s.stop_after > 0 && done == opt->s.stop_after && done < opt->s.steps)
         return tf_error_set(TF_ERR_ARG, "%s: stopped after step %lld as stop_after requests",
-                            opt->label, (long long)done);
+                            opt->s.label, (long long)done);
     return TF_OK;
 }
 
-/* Loads opt->checkpoint_path into model and adam when opt->resume and the file exists.
+/* Loads opt->s.checkpoint_path into model and adam when opt->s.resume and the file exists.
  * Collective. */
 static tf_status checkpoint_restore(MPI_Comm comm, const train_options *opt, vit_model *model,
                                     vit_adamw *adam, int64_t train_count, ckpt_state *state)
@@ -124,9 +127,9 @@ static tf_status checkpoint_restore(MPI_Comm comm, const train_options *opt, vit
                           .params = model->params,
                           .adam_m = adam->m,
                           .adam_v = adam->v};
-    if (!opt->checkpoint_path || !opt->resume) return TF_OK;
-    tf_status st = ckpt_resume_training(comm, opt->checkpoint_path, "vit", opt->label, settings, n,
-                                        opt->steps, state, &found);
+    if (!opt->s.checkpoint_path || !opt->s.resume) return TF_OK;
+    tf_status st = ckpt_resume_training(comm, opt->s.checkpoint_path, "vit", opt->s.label, settings,
+                                        n, opt->s.steps, state, &found);
     if (st == TF_OK && found) adam->step = state->step;
     return st;
 }
@@ -149,7 +152,7 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     TF_MPI_CHECK(MPI_Comm_size(comm, &size));
     tf_status st = check_labels(train, model);
     if (st != TF_OK) return st;
-    const int global_batch = opt->batch_size;
+    const int global_batch = opt->s.batch_size;
     if (global_batch > train->count)
         return tf_error_set(TF_ERR_ARG, "batch size %d is larger than the %lld training images",
                             global_batch, (long long)train->count);
@@ -157,11 +160,11 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     const int local_count = (int)((int64_t)global_batch * (rank + 1) / size) - local_first;
     const int64_t pixels = (int64_t)train->rows * train->cols;
     const int64_t per_epoch = train->count / global_batch;
-    if (rank == 0 && opt->warmup_steps >= opt->steps)
+    if (rank == 0 && opt->s.warmup_steps >= opt->s.steps)
         TF_WARN("%s: warmup_steps = %lld is not below the %lld training step%s, so the learning "
                 "rate never reaches its peak %g; lower warmup_steps",
-                opt->label ? opt->label : "training", (long long)opt->warmup_steps,
-                (long long)opt->steps, opt->steps == 1 ? "" : "s", opt->lr);
+                opt->s.label ? opt->s.label : "training", (long long)opt->s.warmup_steps,
+                (long long)opt->s.steps, opt->s.steps == 1 ? "" : "s", opt->s.lr);
 
     vit_acts *acts = NULL, **teacher_acts = NULL;
     vit_adamw *adam = NULL;
@@ -173,12 +176,13 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     if (!perm || !x || !y || !grads) st = TF_ERR_NOMEM;
     if (st == TF_OK) st = vit_acts_create(&model->cfg, local_count > 0 ? local_count : 1, &acts);
     if (st == TF_OK)
-        st = vit_adamw_create(model, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, &adam);
-    const int distill = opt->distill > 0 && opt->n_teachers > 0;
+        st = vit_adamw_create(model, opt->s.beta1, opt->s.beta2, opt->s.eps, opt->s.weight_decay,
+                              &adam);
+    const int distill = opt->s.distill > 0 && opt->s.n_teachers > 0;
     if (st == TF_OK && distill) {
-        teacher_acts = tf_calloc((size_t)opt->n_teachers, sizeof *teacher_acts);
+        teacher_acts = tf_calloc((size_t)opt->s.n_teachers, sizeof *teacher_acts);
         if (!teacher_acts) st = TF_ERR_NOMEM;
-        for (int t = 0; st == TF_OK && t < opt->n_teachers; t++)
+        for (int t = 0; st == TF_OK && t < opt->s.n_teachers; t++)
             st = vit_acts_create(&opt->teachers[t]->cfg, local_count > 0 ? local_count : 1,
                                  &teacher_acts[t]);
         targets = tf_malloc((size_t)(local_count > 0 ? local_count : 1) *
@@ -193,10 +197,10 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     int64_t loss_steps = saved.loss_steps, first_step = saved.step;
     int64_t timed_steps = 0; /* steps since t_log, which excludes restored ones */
     if (result) result->final_loss = last_loss;
-    for (int64_t step = first_step; st == TF_OK && step < opt->steps; step++) {
+    for (int64_t step = first_step; st == TF_OK && step < opt->s.steps; step++) {
         int64_t in_epoch = step % per_epoch;
         if (in_epoch == 0 || step == first_step)
-            shuffle_epoch(perm, train->count, opt->seed, step / per_epoch);
+            shuffle_epoch(perm, train->count, opt->s.seed, step / per_epoch);
         float loss = 0;
         if (local_count > 0) {
             tf_images_to_float(train, perm + in_epoch * global_batch + local_first, local_count,
@@ -216,30 +220,31 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
         }
         TF_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads, (int)model->num_params, MPI_FLOAT,
                                    MPI_SUM, comm));
-        double lr = tf_cosine_lr(step, opt->warmup_steps, opt->steps, opt->lr, opt->min_lr);
+        double lr = tf_cosine_lr(step, opt->s.warmup_steps, opt->s.steps, opt->s.lr, opt->s.min_lr);
         vit_adamw_step(adam, model, grads, lr);
         loss_sum += (double)loss * local_count / global_batch;
         loss_steps++;
         timed_steps++;
 
-        if ((step + 1) % opt->log_every == 0 || step + 1 == opt->steps) {
+        if ((step + 1) % opt->s.log_every == 0 || step + 1 == opt->s.steps) {
             double mean_loss = 0;
             TF_MPI_CHECK(MPI_Allreduce(&loss_sum, &mean_loss, 1, MPI_DOUBLE, MPI_SUM, comm));
             mean_loss /= (double)loss_steps;
             if (!isfinite(mean_loss)) {
-                st = tf_error_set(TF_ERR_NUMERIC, "%s: training loss became %g at step %lld; "
-                                  "lower the learning rate", opt->label, mean_loss,
-                                  (long long)step + 1);
+                st = tf_error_set(TF_ERR_NUMERIC,
+                                  "%s: training loss became %g at step %lld; "
+                                  "lower the learning rate",
+                                  opt->s.label, mean_loss, (long long)step + 1);
                 break;
             }
             double now = tf_seconds();
             double rate = (double)(step + 1 - first_step) / (now - t_start);
             TF_INFO("%s: step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f img/s  "
                     "%.0f s left",
-                    opt->label, (long long)step + 1, (long long)opt->steps,
+                    opt->s.label, (long long)step + 1, (long long)opt->s.steps,
                     (double)(step + 1) / (double)per_epoch, mean_loss, lr,
                     (double)timed_steps * global_batch / (now - t_log),
-                    (double)(opt->steps - step - 1) / rate);
+                    (double)(opt->s.steps - step - 1) / rate);
             t_log = now;
             timed_steps = 0;
             last_loss = mean_loss;
@@ -262,12 +267,12 @@ tf_status train_run(MPI_Comm comm, vit_model *model, const tf_image_set *train,
     if (result && st == TF_OK) {
         result->seconds = tf_seconds() - t_start;
         result->first_step = first_step;
-        result->images_per_second =
-            result->seconds > 0 ? (double)(opt->steps - first_step) * global_batch / result->seconds
-                                : 0.0;
+        result->images_per_second = result->seconds > 0 ? (double)(opt->s.steps - first_step) *
+                                                              global_batch / result->seconds
+                                                        : 0.0;
     }
     vit_acts_free(&acts);
-    for (int t = 0; teacher_acts && t < opt->n_teachers; t++) vit_acts_free(&teacher_acts[t]);
+    for (int t = 0; teacher_acts && t < opt->s.n_teachers; t++) vit_acts_free(&teacher_acts[t]);
     free(teacher_acts);
     free(targets);
     vit_adamw_free(&adam);

@@ -72,20 +72,20 @@ static tf_image_set *synthetic_images(int count, uint64_t seed)
 
 static train_options vit_options(const char *checkpoint)
 {
-    return (train_options){.steps = 12,
-                           .batch_size = 8,
-                           .lr = 1e-2,
-                           .min_lr = 1e-4,
-                           .weight_decay = 0.05,
-                           .beta1 = 0.9,
-                           .beta2 = 0.999,
-                           .eps = 1e-8,
-                           .warmup_steps = 2,
-                           .seed = 5,
-                           .log_every = 4,
-                           .label = "vit",
-                           .checkpoint_path = checkpoint,
-                           .checkpoint_every = 4};
+    return (train_options){.s = {.steps = 12,
+                                 .batch_size = 8,
+                                 .lr = 1e-2,
+                                 .min_lr = 1e-4,
+                                 .weight_decay = 0.05,
+                                 .beta1 = 0.9,
+                                 .beta2 = 0.999,
+                                 .eps = 1e-8,
+                                 .warmup_steps = 2,
+                                 .seed = 5,
+                                 .log_every = 4,
+                                 .label = "vit",
+                                 .checkpoint_path = checkpoint,
+                                 .checkpoint_every = 4}};
 }
 
 /* Trains a fresh model (initialized with init_seed) with opt; returns it, or NULL when
@@ -151,14 +151,14 @@ static void test_vit(void)
     /* Stopped after step 6; the last checkpoint contains step 4, which is mid-epoch (5 steps
      * per epoch). */
     opt = vit_options(ckpt);
-    opt.stop_after = 6;
+    opt.s.stop_after = 6;
     vit_model *m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     expect_error(st, TF_ERR_ARG, "stopped ViT run", "stopped after step 6", NULL);
     TU_CHECK(file_exists(ckpt), "checkpoint %s written", ckpt);
 
     /* Resumed from a model with other initial values: the checkpoint replaces them. */
     opt = vit_options(ckpt);
-    opt.resume = 1;
+    opt.s.resume = 1;
     m = vit_train(&vit_tiny, 77, set, &opt, &st, &result);
     TU_CHECK(st == TF_OK, "resumed ViT run: %s", tf_error_get());
     TU_CHECK(result.first_step == 4, "resumed after step %lld, expected 4",
@@ -176,7 +176,7 @@ static void test_vit(void)
     vit_model_free(&m);
 
     /* Without resume the checkpoint is ignored, and training starts from step 0. */
-    opt.resume = 0;
+    opt.s.resume = 0;
     m = vit_train(&vit_tiny, 3, set, &opt, &st, &result);
     TU_CHECK(st == TF_OK && result.first_step == 0, "run without resume starts at step %lld",
              (long long)result.first_step);
@@ -184,15 +184,15 @@ static void test_vit(void)
 
     /* Checkpoints of other settings. */
     opt = vit_options(ckpt);
-    opt.resume = 1;
-    opt.seed = 6;
+    opt.s.resume = 1;
+    opt.s.seed = 6;
     m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     expect_error(st, TF_ERR_ARG, "other seed", ckpt, "seed = 5");
-    opt.seed = 5;
-    opt.batch_size = 4;
+    opt.s.seed = 5;
+    opt.s.batch_size = 4;
     m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     expect_error(st, TF_ERR_ARG, "other batch", ckpt, "batch_size = 8");
-    opt.batch_size = 8;
+    opt.s.batch_size = 8;
     vit_config wider = vit_tiny;
     wider.d = 12;
     m = vit_train(&wider, 3, set, &opt, &st, NULL);
@@ -220,7 +220,7 @@ static void test_vit(void)
     }
     MPI_Barrier(MPI_COMM_WORLD);
     opt = vit_options(ckpt);
-    opt.resume = 1;
+    opt.s.resume = 1;
     m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     TU_CHECK(st == TF_ERR_FORMAT || st == TF_ERR_IO, "truncated checkpoint: status %s (%s)",
              tf_status_str(st), tf_error_get());
@@ -245,15 +245,15 @@ static void test_vit_other_ranks(void)
     train_options opt = vit_options(NULL);
     vit_model *straight = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     opt = vit_options(ckpt);
-    opt.stop_after = 6;
+    opt.s.stop_after = 6;
     vit_model *m = vit_train(&vit_tiny, 3, set, &opt, &st, NULL);
     expect_error(st, TF_ERR_ARG, "stopped run before the rank change", "stopped", NULL);
 
     MPI_Comm alone;
     MPI_Comm_split(MPI_COMM_WORLD, tf_world_rank() == 0 ? 0 : MPI_UNDEFINED, 0, &alone);
     if (alone != MPI_COMM_NULL) {
-        opt.stop_after = 0;
-        opt.resume = 1;
+        opt.s.stop_after = 0;
+        opt.s.resume = 1;
         if (vit_model_create(&vit_tiny, &m) != TF_OK) TF_DIE("%s", tf_error_get());
         vit_model_init(m, 77);
         train_result result = {0};

@@ -10,19 +10,19 @@
 #define TF_FASHION_MEAN 0.2860f
 #define TF_FASHION_STD 0.3530f
 
+/* The settings that training ViT and BERT models share. */
 typedef struct {
     int64_t steps;      /* optimizer steps */
     int batch_size;     /* global batch, split over the ranks */
     double lr, min_lr, weight_decay, beta1, beta2, eps;
     int64_t warmup_steps;
-    uint64_t seed;      /* order of the training images */
+    uint64_t seed;      /* order of the training examples (and, for BERT, the masks) */
     int log_every;      /* steps between progress lines */
     const char *label;  /* name in progress lines */
     /* Distillation: with distill > 0 the loss is the cross-entropy against
      * (1 - distill) onehot(label) + distill q, where q is the weighted average of the
      * teachers' predicted probabilities (teacher_weights sum to 1). */
     double distill;
-    vit_model *const *teachers;
     const double *teacher_weights;
     int n_teachers;
     /* Checkpoints: with checkpoint_every > 0 and a checkpoint_path, the state (parameters,
@@ -36,6 +36,11 @@ typedef struct {
     /* Test hook that simulates a stopped job: with stop_after in (0, steps) training
      * returns TF_ERR_ARG after that many steps, keeping only the checkpoints written. */
     int64_t stop_after;
+} train_schedule;
+
+typedef struct {
+    train_schedule s;
+    vit_model *const *teachers; /* (s.n_teachers) distillation teachers */
 } train_options;
 
 typedef struct {
