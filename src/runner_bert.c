@@ -452,20 +452,8 @@ static int checkpoint_settings(const bert_train_options *o, const bert_model *mo
                                int64_t train_count, ckpt_setting *s)
 {
     const bert_config *c = &model->cfg;
+    const int n = train_schedule_settings(&o->s, "training_sequences", train_count, s);
     const ckpt_setting list[] = {
-        {"steps", 0, o->s.steps, 0},
-        {"batch_size", 0, o->s.batch_size, 0},
-        {"seed", 0, (int64_t)o->s.seed, 0},
-        {"warmup_steps", 0, o->s.warmup_steps, 0},
-        {"training_sequences", 0, train_count, 0},
-        {"teachers", 0, o->s.distill > 0 ? o->s.n_teachers : 0, 0},
-        {"lr", 1, 0, o->s.lr},
-        {"min_lr", 1, 0, o->s.min_lr},
-        {"weight_decay", 1, 0, o->s.weight_decay},
-        {"beta1", 1, 0, o->s.beta1},
-        {"beta2", 1, 0, o->s.beta2},
-        {"eps", 1, 0, o->s.eps},
-        {"distill", 1, 0, o->s.distill},
         {"mask_prob", 1, 0, o->mask_prob},
         {"vocab", 0, c->vocab, 0},
         {"seq_len", 0, c->seq_len, 0},
@@ -476,8 +464,8 @@ static int checkpoint_settings(const bert_train_options *o, const bert_model *mo
         {"ln_eps", 1, 0, c->ln_eps},
         {"num_params", 0, model->num_params, 0},
     };
-    memcpy(s, list, sizeof list);
-    return (int)(sizeof list / sizeof list[0]);
+    memcpy(s + n, list, sizeof list);
+    return n + (int)(sizeof list / sizeof list[0]);
 }
 
 /* Writes the state after progress's step (loss sum: this rank's share) to the checkpoint.

@@ -53,25 +53,35 @@ static tf_status distill_targets(const train_options *opt, vit_acts **teacher_ac
     return TF_OK;
 }
 
+int train_schedule_settings(const train_schedule *sch, const char *count_name, int64_t count,
+                            ckpt_setting *s)
+{
+    const ckpt_setting list[] = {
+        {"steps", 0, sch->steps, 0},
+        {"batch_size", 0, sch->batch_size, 0},
+        {"seed", 0, (int64_t)sch->seed, 0},
+        {"warmup_steps", 0, sch->warmup_steps, 0},
+        {count_name, 0, count, 0},
+        {"teachers", 0, sch->distill > 0 ? sch->n_teachers : 0, 0},
+        {"lr", 1, 0, sch->lr},
+        {"min_lr", 1, 0, sch->min_lr},
+        {"weight_decay", 1, 0, sch->weight_decay},
+        {"beta1", 1, 0, sch->beta1},
+        {"beta2", 1, 0, sch->beta2},
+        {"eps", 1, 0, sch->eps},
+        {"distill", 1, 0, sch->distill},
+    };
+    memcpy(s, list, sizeof list);
+    return (int)(sizeof list / sizeof list[0]);
+}
+
 /* Settings a checkpoint of train_run must match; returns their count. */
 static int checkpoint_settings(const train_options *opt, const vit_model *model,
                                int64_t train_count, ckpt_setting *s)
 {
     const vit_config *c = &model->cfg;
+    const int n = train_schedule_settings(&opt->s, "training_images", train_count, s);
     const ckpt_setting list[] = {
-        {"steps", 0, opt->s.steps, 0},
-        {"batch_size", 0, opt->s.batch_size, 0},
-        {"seed", 0, (int64_t)opt->s.seed, 0},
-        {"warmup_steps", 0, opt->s.warmup_steps, 0},
-        {"training_images", 0, train_count, 0},
-        {"teachers", 0, opt->s.distill > 0 ? opt->s.n_teachers : 0, 0},
-        {"lr", 1, 0, opt->s.lr},
-        {"min_lr", 1, 0, opt->s.min_lr},
-        {"weight_decay", 1, 0, opt->s.weight_decay},
-        {"beta1", 1, 0, opt->s.beta1},
-        {"beta2", 1, 0, opt->s.beta2},
-        {"eps", 1, 0, opt->s.eps},
-        {"distill", 1, 0, opt->s.distill},
         {"image_size", 0, c->image_size, 0},
         {"channels", 0, c->channels, 0},
         {"patch", 0, c->patch, 0},
@@ -83,9 +93,8 @@ static int checkpoint_settings(const train_options *opt, const vit_model *model,
         {"ln_eps", 1, 0, c->ln_eps},
         {"num_params", 0, model->num_params, 0},
     };
-    const int n = (int)(sizeof list / sizeof list[0]);
-    memcpy(s, list, sizeof list);
-    return n;
+    memcpy(s + n, list, sizeof list);
+    return n + (int)(sizeof list / sizeof list[0]);
 }
 
 /* Writes state (loss_sum: this rank's share) to opt->s.checkpoint_path. Collective. */

@@ -2,6 +2,7 @@
 #ifndef TFUSE_TRAIN_H
 #define TFUSE_TRAIN_H
 
+#include "tfuse/checkpoint.h"
 #include "tfuse/common.h"
 #include "tfuse/data.h"
 #include "tfuse/vit.h"
@@ -37,6 +38,12 @@ typedef struct {
      * returns TF_ERR_ARG after that many steps, keeping only the checkpoints written. */
     int64_t stop_after;
 } train_schedule;
+
+/* Writes the settings of sch that a training checkpoint must match to s (the count of
+ * training examples under count_name) and returns their number; the caller appends the
+ * model's. */
+int train_schedule_settings(const train_schedule *sch, const char *count_name, int64_t count,
+                            ckpt_setting *s);
 
 typedef struct {
     train_schedule s;
