@@ -1161,9 +1161,6 @@ static void add_eval(cJSON *item, const char *prefix, const bert_eval_result *e)
     cJSON_AddNumberToObject(item, key, e->accuracy);
 }
 
-static const char *const residual_names[] = {"joint", "mean",   "weighted",
-                                             "skip",  "branch", "identity"};
-
 /* Builds the JSON report (docs/FORMAT.md). Returns NULL when out of memory. */
 static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval,
                           const bert_method_result *results, double unigram)
@@ -1185,33 +1182,15 @@ static cJSON *report_json(const job_fuse *f, const bert_eval_result *parent_eval
     }
     cJSON *ens = cJSON_AddObjectToObject(root, "ensemble");
     if (ens) add_eval(ens, "heldout_", &parent_eval[f->n_parents]);
-    cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
-    cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
-    cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
-    if (f->finetune.steps > 0)
-        cJSON_AddItemToObject(root, "finetune", job_finetune_json(&f->finetune));
+    runner_add_fuse_settings(root, f);
     cJSON *methods = cJSON_AddArrayToObject(root, "methods");
     for (int m = 0; m < f->n_methods; m++) {
         const job_method *jm = &f->methods[m];
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "name", jm->name);
-        cJSON_AddStringToObject(item, "method", jm->kind == JOB_METHOD_OT ? "ot" : "vanilla");
-        if (jm->kind == JOB_METHOD_OT) {
-            cJSON_AddStringToObject(item, "solver",
-                                    jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
-            cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
-            cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
-            cJSON_AddStringToObject(item, "attention",
-                                    jm->ot.attention == FUSE_ATTN_HEAD_AWARE ? "head_aware"
-                                                                             : "shared_qk");
-        }
+        cJSON *item = runner_method_item(jm);
         add_eval(item, "one_shot_", &results[m].one_shot);
         if (results[m].has_finetuned) add_eval(item, "finetuned_", &results[m].finetuned);
-        cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
-        cJSON_AddBoolToObject(item, "resumed", !results[m].built);
-        cJSON_AddItemToObject(item, "config", job_method_json(jm));
-        if (results[m].built && f->methods[m].kind == JOB_METHOD_OT)
-            runner_add_timings(item, &results[m].timings);
+        runner_finish_method_item(item, jm, results[m].seconds, results[m].built,
+                                  &results[m].timings);
         cJSON_AddItemToArray(methods, item);
     }
     return root;

@@ -610,8 +610,45 @@ tf_status runner_write_report(const job_fuse *f, const char *text)
     return TF_OK;
 }
 
-static const char *const residual_names[] = {"joint", "mean",   "weighted",
-                                             "skip",  "branch", "identity"};
+void runner_add_fuse_settings(cJSON *root, const job_fuse *f)
+{
+    cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
+    cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
+    cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
+    if (f->finetune.steps > 0)
+        cJSON_AddItemToObject(root, "finetune", job_finetune_json(&f->finetune));
+}
+
+cJSON *runner_method_item(const job_method *jm)
+{
+    static const char *const residual_names[] = {"joint", "mean",   "weighted",
+                                                 "skip",  "branch", "identity"};
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "name", jm->name);
+    cJSON_AddStringToObject(item, "method", jm->kind == JOB_METHOD_OT ? "ot" : "vanilla");
+    if (jm->kind == JOB_METHOD_OT) {
+        cJSON_AddStringToObject(item, "solver",
+                                jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
+        if (jm->ot.solver == FUSE_SOLVER_SINKHORN || jm->ot.solver_attn == FUSE_SOLVER_SINKHORN ||
+            jm->ot.solver_mlp == FUSE_SOLVER_SINKHORN ||
+            jm->ot.solver_stream == FUSE_SOLVER_SINKHORN)
+            cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
+        cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
+        cJSON_AddStringToObject(item, "attention",
+                                jm->ot.attention == FUSE_ATTN_HEAD_AWARE ? "head_aware"
+                                                                         : "shared_qk");
+    }
+    return item;
+}
+
+void runner_finish_method_item(cJSON *item, const job_method *jm, double seconds, int built,
+                               const fuse_timings *timings)
+{
+    cJSON_AddNumberToObject(item, "fusion_seconds", seconds);
+    cJSON_AddBoolToObject(item, "resumed", !built);
+    cJSON_AddItemToObject(item, "config", job_method_json(jm));
+    if (built && jm->kind == JOB_METHOD_OT) runner_add_timings(item, timings);
+}
 
 static tf_status write_report(const job_fuse *f, const double *parent_acc,
                               const ensemble_result *ensemble, const method_result *results,
@@ -631,41 +668,19 @@ static tf_status write_report(const job_fuse *f, const double *parent_acc,
     cJSON *ens = cJSON_AddObjectToObject(root, "ensemble");
     cJSON_AddNumberToObject(ens, "test_accuracy", ensemble->accuracy);
     cJSON_AddNumberToObject(ens, "test_loss", ensemble->loss);
-    cJSON_AddNumberToObject(root, "calibration_samples", (double)f->calib_samples);
-    cJSON_AddNumberToObject(root, "calibration_seed", (double)f->calib_seed);
-    cJSON_AddNumberToObject(root, "finetune_steps", (double)f->finetune.steps);
-    if (f->finetune.steps > 0)
-        cJSON_AddItemToObject(root, "finetune", job_finetune_json(&f->finetune));
+    runner_add_fuse_settings(root, f);
     cJSON *methods = cJSON_AddArrayToObject(root, "methods");
     for (int m = 0; m < f->n_methods; m++) {
         const job_method *jm = &f->methods[m];
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "name", jm->name);
-        cJSON_AddStringToObject(item, "method", jm->kind == JOB_METHOD_OT ? "ot" : "vanilla");
-        if (jm->kind == JOB_METHOD_OT) {
-            cJSON_AddStringToObject(item, "solver",
-                                    jm->ot.solver == FUSE_SOLVER_EXACT ? "exact" : "sinkhorn");
-            if (jm->ot.solver == FUSE_SOLVER_SINKHORN ||
-                jm->ot.solver_attn == FUSE_SOLVER_SINKHORN ||
-                jm->ot.solver_mlp == FUSE_SOLVER_SINKHORN ||
-                jm->ot.solver_stream == FUSE_SOLVER_SINKHORN)
-                cJSON_AddNumberToObject(item, "epsilon", jm->ot.epsilon);
-            cJSON_AddStringToObject(item, "residual", residual_names[jm->ot.residual]);
-            cJSON_AddStringToObject(item, "attention",
-                                    jm->ot.attention == FUSE_ATTN_HEAD_AWARE ? "head_aware"
-                                                                             : "shared_qk");
-        }
+        cJSON *item = runner_method_item(jm);
         cJSON_AddNumberToObject(item, "one_shot_accuracy", results[m].one_shot);
         cJSON_AddNumberToObject(item, "one_shot_loss", results[m].one_shot_loss);
         if (results[m].finetuned >= 0) {
             cJSON_AddNumberToObject(item, "finetuned_accuracy", results[m].finetuned);
             cJSON_AddNumberToObject(item, "finetuned_loss", results[m].finetuned_loss);
         }
-        cJSON_AddNumberToObject(item, "fusion_seconds", results[m].seconds);
-        cJSON_AddBoolToObject(item, "resumed", !results[m].built);
-        cJSON_AddItemToObject(item, "config", job_method_json(jm));
-        if (results[m].built && jm->kind == JOB_METHOD_OT)
-            runner_add_timings(item, &results[m].timings);
+        runner_finish_method_item(item, jm, results[m].seconds, results[m].built,
+                                  &results[m].timings);
         cJSON_AddItemToArray(methods, item);
     }
     char *text = cJSON_Print(root);

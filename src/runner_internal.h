@@ -20,6 +20,15 @@ tf_status runner_write_report(const job_fuse *f, const char *text);
 /* Adds to a method's report item the object "timings" with the seconds of each stage of
  * its fusion on rank 0 (OT stages: maxima over the ranks). Returns 0 if out of memory. */
 int runner_add_timings(struct cJSON *item, const struct fuse_timings *t);
+/* Adds to a fuse report's root the calibration draw and the finetune settings. */
+void runner_add_fuse_settings(struct cJSON *root, const job_fuse *f);
+/* Returns a new report item for a method with its name, kind and, for OT, its solver,
+ * epsilon (when a solver is Sinkhorn), residual policy and attention maps; NULL when out of
+ * memory. runner_finish_method_item adds fusion_seconds, resumed, config and, for OT
+ * methods built in this run, timings. */
+struct cJSON *runner_method_item(const job_method *jm);
+void runner_finish_method_item(struct cJSON *item, const job_method *jm, double seconds, int built,
+                               const fuse_timings *timings);
 /* Collective on comm. Returns st if it failed, else a failure naming `what` if st failed
  * on another rank, so that every rank leaves a setup step together. */
 tf_status runner_agree(MPI_Comm comm, tf_status st, const char *what);
