@@ -444,6 +444,38 @@ static tf_status stats_chunk_fill(int64_t chunk, double *buffer, int64_t len, vo
                : st;
 }
 
+int64_t fuse_stats_sums_len(fuse_stats *const *stats, int n_parents, int anchor)
+{
+    int64_t len = 0;
+    for (int p = 0; p < n_parents; p++)
+        if (p != anchor) len += stats[p]->buffer_len + 1;
+    return len;
+}
+
+tf_status fuse_reduce_stats(MPI_Comm comm, tf_status setup, fuse_stats **stats, int n_parents,
+                            int anchor, int64_t n_chunks, reduce_fill_fn fill, void *ctx)
+{
+    const int64_t len = fuse_stats_sums_len(stats, n_parents, anchor);
+    double *sums = tf_malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
+    tf_status st = setup == TF_OK && !sums ? TF_ERR_NOMEM : setup;
+
+    /* All ranks agree on the setup before the reduction, so that none waits for another. */
+    int failed = st != TF_OK, any_failed = 0;
+    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
+    if (st == TF_OK && any_failed)
+        st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
+    if (st == TF_OK) st = reduce_chunks_sum(comm, n_chunks, len, fill, ctx, sums);
+    int64_t off = 0;
+    for (int p = 0; st == TF_OK && p < n_parents; p++) {
+        if (p == anchor) continue;
+        memcpy(stats[p]->buffer, sums + off, (size_t)stats[p]->buffer_len * sizeof(double));
+        stats[p]->samples = sums[off + stats[p]->buffer_len];
+        off += stats[p]->buffer_len + 1;
+    }
+    free(sums);
+    return st;
+}
+
 /* Collective on comm. Runs the calibration images through all parents, chunk by chunk
  * (each rank takes a contiguous range of chunks), and sums the statistics of every parent
  * against the anchor with reduce_chunks_sum, so the sums are bitwise the same for any
@@ -463,42 +495,25 @@ static tf_status accumulate_stats(MPI_Comm comm, vit_model *const *parents, int 
                            .n_tokens = select_tokens(ca, opt, tokens),
                            .tokens = tokens,
                            .stats = stats};
-    int64_t len = 0;
-    for (int p = 0; p < n_parents; p++)
-        if (p != anchor) len += stats[p]->buffer_len + 1;
-    double *sums = tf_malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
     ctx.acts = tf_calloc((size_t)n_parents, sizeof *ctx.acts);
-    tf_status st = sums && ctx.acts ? TF_OK : TF_ERR_NOMEM;
+    tf_status st = ctx.acts ? TF_OK : TF_ERR_NOMEM;
     for (int p = 0; st == TF_OK && p < n_parents; p++)
         st = vit_acts_create(&parents[p]->cfg, FUSE_CHUNK_IMAGES, &ctx.acts[p]);
-
-    /* All ranks agree on the setup before the reduction, so that none waits for another. */
-    int failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
-    if (st == TF_OK && any_failed)
-        st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
     const int64_t n_chunks = (n_images + FUSE_CHUNK_IMAGES - 1) / FUSE_CHUNK_IMAGES;
     double t0 = tf_seconds();
-    if (st == TF_OK) st = reduce_chunks_sum(comm, n_chunks, len, stats_chunk_fill, &ctx, sums);
+    st = fuse_reduce_stats(comm, st, stats, n_parents, anchor, n_chunks, stats_chunk_fill, &ctx);
     const double t_reduction = tf_seconds() - t0 - ctx.t_forward - ctx.t_sums;
     TF_INFO("fuse timing: statistics on rank 0: forward passes %.3f s, sums %.3f s, waiting and "
             "reduction %.3f s (%lld values per chunk)",
-            ctx.t_forward, ctx.t_sums, t_reduction, (long long)len);
+            ctx.t_forward, ctx.t_sums, t_reduction,
+            (long long)fuse_stats_sums_len(stats, n_parents, anchor));
     if (opt->timings) {
         opt->timings->forward += ctx.t_forward;
         opt->timings->sums += ctx.t_sums;
         opt->timings->reduction += t_reduction;
     }
-    int64_t off = 0;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) {
-        if (p == anchor) continue;
-        memcpy(stats[p]->buffer, sums + off, (size_t)stats[p]->buffer_len * sizeof(double));
-        stats[p]->samples = sums[off + stats[p]->buffer_len];
-        off += stats[p]->buffer_len + 1;
-    }
     for (int p = 0; ctx.acts && p < n_parents; p++) vit_acts_free(&ctx.acts[p]);
     free(ctx.acts);
-    free(sums);
     return st;
 }
 

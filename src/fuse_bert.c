@@ -143,39 +143,21 @@ static tf_status bert_accumulate(MPI_Comm comm, bert_model *const *parents, int 
                           .lengths = lengths,
                           .n_seqs = n_seqs,
                           .stats = stats};
-    int64_t len = 0;
-    for (int p = 0; p < n_parents; p++)
-        if (p != anchor) len += stats[p]->buffer_len + 1;
-    double *sums = tf_malloc((size_t)(len > 0 ? len : 1) * sizeof(double));
     ctx.acts = tf_calloc((size_t)n_parents, sizeof *ctx.acts);
     ctx.ignore = tf_malloc((size_t)FUSE_BERT_CHUNK * T * sizeof(int));
     ctx.xp = tf_malloc(gather);
     ctx.xa = tf_malloc(gather);
-    tf_status st = sums && ctx.acts && ctx.ignore && ctx.xp && ctx.xa ? TF_OK : TF_ERR_NOMEM;
+    tf_status st = ctx.acts && ctx.ignore && ctx.xp && ctx.xa ? TF_OK : TF_ERR_NOMEM;
     for (int k = 0; ctx.ignore && k < FUSE_BERT_CHUNK * T; k++) ctx.ignore[k] = BERT_IGNORE;
     for (int p = 0; st == TF_OK && p < n_parents; p++)
         st = bert_acts_create(&parents[p]->cfg, FUSE_BERT_CHUNK, &ctx.acts[p]);
-
-    /* All ranks agree on the setup before the reduction, so that none waits for another. */
-    int failed = st != TF_OK, any_failed = 0;
-    TF_MPI_CHECK(MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm));
-    if (st == TF_OK && any_failed)
-        st = tf_error_set(TF_ERR_NOMEM, "calibration statistics: setup failed on another rank");
     const int64_t n_chunks = (n_seqs + FUSE_BERT_CHUNK - 1) / FUSE_BERT_CHUNK;
-    if (st == TF_OK) st = reduce_chunks_sum(comm, n_chunks, len, bert_chunk_fill, &ctx, sums);
-    int64_t off = 0;
-    for (int p = 0; st == TF_OK && p < n_parents; p++) {
-        if (p == anchor) continue;
-        memcpy(stats[p]->buffer, sums + off, (size_t)stats[p]->buffer_len * sizeof(double));
-        stats[p]->samples = sums[off + stats[p]->buffer_len];
-        off += stats[p]->buffer_len + 1;
-    }
+    st = fuse_reduce_stats(comm, st, stats, n_parents, anchor, n_chunks, bert_chunk_fill, &ctx);
     for (int p = 0; ctx.acts && p < n_parents; p++) bert_acts_free(&ctx.acts[p]);
     free(ctx.acts);
     free(ctx.ignore);
     free(ctx.xp);
     free(ctx.xa);
-    free(sums);
     return st;
 }
 

@@ -3,6 +3,7 @@
 #define TFUSE_FUSE_INTERNAL_H
 
 #include "tfuse/fuse.h"
+#include "tfuse/reduce.h"
 
 /* Blocks of neurons whose activations are recorded. Per-layer kinds are indexed
  * block = BLOCK_LAYER0 + l * BLOCK_PER_LAYER + kind. */
@@ -180,5 +181,16 @@ tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
  * inputs). Needs a per-join residual policy. */
 tf_status fuse_weight_maps(const vit_model *parent, const vit_model *anchor,
                            const fuse_options *opt, fuse_maps *maps);
+
+/* The number of doubles the summed statistics of every parent but the anchor take: each
+ * parent's buffer followed by its sample count, back to back. */
+int64_t fuse_stats_sums_len(fuse_stats *const *stats, int n_parents, int anchor);
+/* Collective on comm. setup is this rank's status after allocating what fill needs; when
+ * it or any other rank's failed, every rank returns a failure before reducing. Otherwise
+ * sums the statistics that fill (as for reduce_chunks_sum) writes in the layout of
+ * fuse_stats_sums_len over n_chunks chunks, and stores them in stats[p]->buffer and
+ * stats[p]->samples of every parent but the anchor. */
+tf_status fuse_reduce_stats(MPI_Comm comm, tf_status setup, fuse_stats **stats, int n_parents,
+                            int anchor, int64_t n_chunks, reduce_fill_fn fill, void *ctx);
 
 #endif
