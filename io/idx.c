@@ -211,8 +211,8 @@ static tf_status idx_image_set_alloc(const char *images_path, int64_t count, int
     return TF_OK;
 }
 
-tf_status idx_image_set_load(const char *images_path, const char *labels_path, int64_t limit,
-                             tf_image_set **out)
+tf_status idx_image_set_load(const char *images_path, const char *labels_path, int64_t offset,
+                             int64_t limit, tf_image_set **out)
 {
     tf_status status = TF_OK;
     idx_reader images = {0}, labels = {0};
@@ -240,14 +240,22 @@ tf_status idx_image_set_load(const char *images_path, const char *labels_path, i
         goto exit;
     }
 
-    /* Keep the first `limit` images. */
-    int keep_all = limit <= 0 || limit >= count;
-    const int64_t keep = keep_all ? count : limit;
-    status = idx_check_room(&images, 16, (double)keep * rows * cols, "pixels");
+    /* Skip `offset` images, then keep `limit` of the rest. The skipped images are read
+     * into the set and moved out, which keeps one reading path. */
+    if (offset < 0 || offset >= count) {
+        status = tf_error_set(TF_ERR_ARG,
+                              "idx image file '%s' has %lld images, so an offset of %lld "
+                              "leaves none",
+                              images_path, (long long)count, (long long)offset);
+        goto exit;
+    }
+    int keep_all = limit <= 0 || limit >= count - offset;
+    const int64_t keep = keep_all ? count - offset : limit;
+    status = idx_check_room(&images, 16, (double)(offset + keep) * rows * cols, "pixels");
     if (status != TF_OK) goto exit;
-    status = idx_check_room(&labels, 8, (double)keep, "labels");
+    status = idx_check_room(&labels, 8, (double)(offset + keep), "labels");
     if (status != TF_OK) goto exit;
-    status = idx_image_set_alloc(images_path, keep_all ? count : limit, rows, cols, &set);
+    status = idx_image_set_alloc(images_path, offset + keep, rows, cols, &set);
     if (status != TF_OK) goto exit;
 
     /* Pixels and labels. idx_read reports a truncated file. */
@@ -255,6 +263,12 @@ tf_status idx_image_set_load(const char *images_path, const char *labels_path, i
     if (status != TF_OK) goto exit;
     status = idx_read(&labels, set->labels, (size_t)set->count, "labels");
     if (status != TF_OK) goto exit;
+    if (offset > 0) {
+        const size_t image_bytes = (size_t)rows * cols;
+        memmove(set->pixels, set->pixels + offset * image_bytes, (size_t)keep * image_bytes);
+        memmove(set->labels, set->labels + offset, (size_t)keep);
+        set->count = keep;
+    }
     if (keep_all) {
         status = idx_expect_end(&images);
         if (status != TF_OK) goto exit;

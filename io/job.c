@@ -322,8 +322,9 @@ static tf_status parse_text_data(const parse_ctx *ctx, const cJSON *obj, const c
 static tf_status parse_data(const parse_ctx *ctx, const cJSON *obj, const char *path,
                             job_data *data)
 {
-    static const char *const keys[] = {"dir",         "train_images", "train_labels", "test_images",
-                                       "test_labels", "train_limit",  "test_limit",   NULL};
+    static const char *const keys[] = {"dir",         "train_images", "train_labels",
+                                       "test_images", "test_labels",  "train_offset",
+                                       "train_limit", "test_limit",   NULL};
     char dir[JOB_PATH_MAX];
     char fallback[JOB_PATH_MAX + 64];
     cJSON *empty = NULL;
@@ -338,6 +339,9 @@ static tf_status parse_data(const parse_ctx *ctx, const cJSON *obj, const char *
         snprintf(fallback, sizeof fallback, "%s/%s", dir, files[i]);
         st = get_string(ctx, obj, path, names[i], 0, fallback, dst[i], JOB_PATH_MAX);
     }
+    if (st == TF_OK)
+        st = get_int64(ctx, obj, path, "train_offset", 0, 0, 0, INT64_C(1) << 40,
+                       &data->train_offset);
     if (st == TF_OK)
         st =
             get_int64(ctx, obj, path, "train_limit", 0, 0, 0, INT64_C(1) << 40, &data->train_limit);

@@ -78,10 +78,10 @@ static tf_status validate_idx_header(gzFile gz, const char *path, uint32_t magic
     return TF_OK;
 }
 
-/* Reads the rest of the file and counts its bytes in *bytes. The largest of the first
- * `first` bytes goes to *max_byte (labels); pass first = 0 to skip that. */
-static tf_status validate_idx_scan(gzFile gz, const char *path, int64_t first, int *max_byte,
-                                   int64_t *bytes)
+/* Reads the rest of the file and counts its bytes in *bytes. The largest of the bytes
+ * [skip, end) goes to *max_byte (labels); pass end = 0 to skip that. */
+static tf_status validate_idx_scan(gzFile gz, const char *path, int64_t skip, int64_t end,
+                                   int *max_byte, int64_t *bytes)
 {
     unsigned char *buf = tf_malloc(VALIDATE_CHUNK);
     if (!buf) return TF_ERR_NOMEM;
@@ -99,8 +99,8 @@ static tf_status validate_idx_scan(gzFile gz, const char *path, int64_t first, i
             break;
         }
         if (got == 0) break;
-        for (int i = 0; i < got && total + i < first; i++)
-            if (buf[i] > largest) largest = buf[i];
+        for (int i = 0; i < got && total + i < end; i++)
+            if (total + i >= skip && buf[i] > largest) largest = buf[i];
         total += got;
     }
     free(buf);
@@ -128,7 +128,8 @@ static tf_status validate_idx_length(const char *path, const char *what, int64_t
     return TF_OK;
 }
 
-static tf_status validate_idx_images(const char *path, int64_t limit, validate_idx_info *info)
+static tf_status validate_idx_images(const char *path, int64_t offset, int64_t limit,
+                                     validate_idx_info *info)
 {
     gzFile gz = NULL;
     uint32_t dims[3] = {0, 0, 0};
@@ -152,12 +153,20 @@ static tf_status validate_idx_images(const char *path, int64_t limit, validate_i
     info->count = dims[0];
     info->rows = (int)dims[1];
     info->cols = (int)dims[2];
-    int keep_all = limit <= 0 || limit >= info->count;
-    info->used = keep_all ? info->count : limit;
+    if (offset < 0 || offset >= info->count) {
+        status = tf_error_set(TF_ERR_ARG,
+                              "idx image file '%s' has %lld images, so an offset of %lld "
+                              "leaves none",
+                              path, (long long)info->count, (long long)offset);
+        goto exit;
+    }
+    info->offset = offset;
+    int keep_all = limit <= 0 || limit >= info->count - offset;
+    info->used = keep_all ? info->count - offset : limit;
     const double pixels = (double)info->rows * info->cols;
-    status = validate_idx_scan(gz, path, 0, NULL, &found);
+    status = validate_idx_scan(gz, path, 0, 0, NULL, &found);
     if (status == TF_OK)
-        status = validate_idx_length(path, "pixels", found, (double)info->used * pixels,
+        status = validate_idx_length(path, "pixels", found, (double)(offset + info->used) * pixels,
                                      (double)info->count * pixels, keep_all);
 exit:
     if (gz) gzclose(gz);
@@ -180,22 +189,23 @@ static tf_status validate_idx_labels(const char *path, const validate_idx_info *
                               images_path, (long long)images->count, path, (long long)count);
         goto exit;
     }
-    status = validate_idx_scan(gz, path, images->used, max_label, &found);
+    const int64_t end = images->offset + images->used;
+    status = validate_idx_scan(gz, path, images->offset, end, max_label, &found);
     if (status == TF_OK)
-        status = validate_idx_length(path, "labels", found, (double)images->used,
-                                     (double)images->count, images->used == images->count);
+        status = validate_idx_length(path, "labels", found, (double)end, (double)images->count,
+                                     end == images->count);
 exit:
     if (gz) gzclose(gz);
     return status;
 }
 
-tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t limit,
-                            validate_idx_info *info)
+tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t offset,
+                            int64_t limit, validate_idx_info *info)
 {
     if (!images_path || !labels_path || !info)
         return tf_error_set(TF_ERR_ARG, "validate_idx_pair: NULL argument");
     memset(info, 0, sizeof *info);
-    tf_status status = validate_idx_images(images_path, limit, info);
+    tf_status status = validate_idx_images(images_path, offset, limit, info);
     if (status == TF_OK)
         status = validate_idx_labels(labels_path, info, images_path, &info->max_label);
     return status;

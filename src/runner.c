@@ -79,7 +79,7 @@ typedef struct {
     int count;
     struct {
         const char *images, *labels; /* owned by the job */
-        int64_t limit;
+        int64_t offset, limit;
         validate_idx_info info;
     } pairs[CHECKED_PAIRS_MAX];
 } checked_pairs;
@@ -214,24 +214,26 @@ tf_status runner_check_output(const char *path, int overwrite, const char *key)
  * length, image size and channels, and, when check_labels, every used label below the
  * class count. */
 static tf_status check_data_pair(const check_ctx *ctx, const char *images, const char *labels,
-                                 int64_t limit, const vit_config *model, int check_labels,
-                                 const char *key, validate_idx_info *info)
+                                 int64_t offset, int64_t limit, const vit_config *model,
+                                 int check_labels, const char *key, validate_idx_info *info)
 {
     checked_pairs *cache = ctx->cache;
     int cached = 0;
     for (int i = 0; cache && !cached && i < cache->count; i++) {
         if (strcmp(cache->pairs[i].images, images) == 0 &&
-            strcmp(cache->pairs[i].labels, labels) == 0 && cache->pairs[i].limit == limit) {
+            strcmp(cache->pairs[i].labels, labels) == 0 && cache->pairs[i].offset == offset &&
+            cache->pairs[i].limit == limit) {
             *info = cache->pairs[i].info;
             cached = 1;
         }
     }
     if (!cached) {
-        tf_status st = validate_idx_pair(images, labels, limit, info);
+        tf_status st = validate_idx_pair(images, labels, offset, limit, info);
         if (st != TF_OK) return tf_error_set(st, "%s: %s", key, tf_error_get());
         if (cache && cache->count < CHECKED_PAIRS_MAX) {
             cache->pairs[cache->count].images = images;
             cache->pairs[cache->count].labels = labels;
+            cache->pairs[cache->count].offset = offset;
             cache->pairs[cache->count].limit = limit;
             cache->pairs[cache->count].info = *info;
             cache->count++;
@@ -263,12 +265,16 @@ static tf_status check_data(const check_ctx *ctx, const job_data *data, const vi
                             validate_idx_info *test)
 {
     char key[96];
-    snprintf(key, sizeof key, "tasks[%d].data (training images)", index);
-    tf_status st = check_data_pair(ctx, data->train_images, data->train_labels, data->train_limit,
-                                   model, check_train_labels, key, train);
+    if (data->train_offset > 0)
+        snprintf(key, sizeof key, "tasks[%d].data (training images, train_offset = %lld)", index,
+                 (long long)data->train_offset);
+    else
+        snprintf(key, sizeof key, "tasks[%d].data (training images)", index);
+    tf_status st = check_data_pair(ctx, data->train_images, data->train_labels, data->train_offset,
+                                   data->train_limit, model, check_train_labels, key, train);
     if (st != TF_OK) return st;
     snprintf(key, sizeof key, "tasks[%d].data (test images)", index);
-    return check_data_pair(ctx, data->test_images, data->test_labels, data->test_limit, model, 1,
+    return check_data_pair(ctx, data->test_images, data->test_labels, 0, data->test_limit, model, 1,
                            key, test);
 }
 
@@ -278,8 +284,8 @@ static tf_status check_batch(const check_ctx *ctx, int batch, const validate_idx
 {
     if (batch > train->used)
         return tf_error_set(TF_ERR_ARG,
-                            "%s = %d exceeds the %lld training images; lower it or "
-                            "raise data.train_limit",
+                            "%s = %d exceeds the %lld training images used; lower it, "
+                            "raise data.train_limit or lower data.train_offset",
                             key, batch, (long long)train->used);
     if (ctx->warn && batch < ctx->ranks)
         JOB_WARN(ctx, "%s = %d is smaller than the %d ranks, so %d %s idle in each step", key,
@@ -443,7 +449,8 @@ static tf_status check_fuse(const check_ctx *ctx, const job_fuse *f, int index)
     if (f->calib_samples > train.used)
         return tf_error_set(TF_ERR_ARG,
                             "tasks[%d].calibration_samples = %lld exceeds the %lld "
-                            "training images; lower it or raise data.train_limit",
+                            "training images used; lower it, raise data.train_limit or lower "
+                            "data.train_offset",
                             index, (long long)f->calib_samples, (long long)train.used);
     if (ctx->warn && f->calib_samples < ctx->ranks)
         JOB_WARN(ctx,
@@ -589,10 +596,10 @@ static tf_status check_job_on_root(MPI_Comm comm, const job_file *job, int valid
 /* Loads the training and test sets of a task; every rank reads the files. */
 tf_status runner_load_data(const job_data *data, tf_image_set **train, tf_image_set **test)
 {
-    tf_status st =
-        idx_image_set_load(data->train_images, data->train_labels, data->train_limit, train);
+    tf_status st = idx_image_set_load(data->train_images, data->train_labels, data->train_offset,
+                                      data->train_limit, train);
     if (st == TF_OK)
-        st = idx_image_set_load(data->test_images, data->test_labels, data->test_limit, test);
+        st = idx_image_set_load(data->test_images, data->test_labels, 0, data->test_limit, test);
     if (st != TF_OK) idx_image_set_free(train);
     return st;
 }

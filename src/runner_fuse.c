@@ -227,6 +227,14 @@ static cJSON *provenance_json(const job_fuse *f, const job_method *m, int finetu
              cJSON_AddNumberToObject(j, "calibration_samples", (double)f->calib_samples) &&
              cJSON_AddNumberToObject(j, "calibration_seed", (double)f->calib_seed);
     }
+    /* The training data the calibration draw and the finetune read. */
+    if (ok && f->data.has_text)
+        ok = cJSON_AddStringToObject(j, "corpus", f->data.text.corpus) &&
+             cJSON_AddNumberToObject(j, "train_limit", (double)f->data.text.train_limit);
+    else if (ok)
+        ok = cJSON_AddStringToObject(j, "train_images", f->data.train_images) &&
+             cJSON_AddNumberToObject(j, "train_offset", (double)f->data.train_offset) &&
+             cJSON_AddNumberToObject(j, "train_limit", (double)f->data.train_limit);
     if (ok && finetuned) {
         cJSON *ft = job_finetune_json(&f->finetune);
         ok = ft != NULL;

@@ -3,6 +3,7 @@
  * from the generator that wrote the files. */
 #include "testutil.h"
 #include "tfuse/data.h"
+#include "tfuse/validate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,16 +76,24 @@ static size_t build_labels(unsigned char *buf, uint32_t header_count, int data_c
     return 8 + (size_t)data_count;
 }
 
-static int set_matches(const tf_image_set *set, int64_t count, int rows, int cols)
+/* Returns 1 when set contains images first .. first + count - 1 of the files. */
+static int set_matches_from(const tf_image_set *set, int64_t first, int64_t count, int rows,
+                            int cols)
 {
     if (set->count != count || set->rows != rows || set->cols != cols) return 0;
     for (int64_t i = 0; i < count; i++) {
-        if (set->labels[i] != label_at((int)i)) return 0;
+        const int k = (int)(first + i);
+        if (set->labels[i] != label_at(k)) return 0;
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++)
-                if (set->pixels[(i * rows + r) * cols + c] != pixel_at((int)i, r, c)) return 0;
+                if (set->pixels[(i * rows + r) * cols + c] != pixel_at(k, r, c)) return 0;
     }
     return 1;
+}
+
+static int set_matches(const tf_image_set *set, int64_t count, int rows, int cols)
+{
+    return set_matches_from(set, 0, count, rows, cols);
 }
 
 /* Valid files, plain and gzip, with several limits. */
@@ -101,7 +110,7 @@ static void test_valid(int gz)
     const int64_t limits[] = {0, -1, 3, 1, N, N + 10};
     for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
         tf_image_set *set = NULL;
-        tf_status st = idx_image_set_load(ip, lp, limits[k], &set);
+        tf_status st = idx_image_set_load(ip, lp, 0, limits[k], &set);
         TU_CHECK(st == TF_OK, "%s files, limit %lld: status %s: %s", gz ? "gzip" : "plain",
                  (long long)limits[k], tf_status_str(st), tf_error_get());
         if (!set) continue;
@@ -118,12 +127,69 @@ static void test_valid(int gz)
     remove(lp);
 }
 
+/* An offset skips images: the loader keeps the images after it, and validation predicts
+ * the same count and the largest label among them. An offset that leaves no image fails in
+ * both with a message naming the file. */
+static void test_offset(int gz)
+{
+    enum { N = 7, ROWS = 2, COLS = 3 };
+    unsigned char img[16 + N * ROWS * COLS], lab[8 + N];
+    char ip[128], lp[128];
+    path_in_dir(ip, sizeof ip, gz ? "offset-images.gz" : "offset-images");
+    path_in_dir(lp, sizeof lp, gz ? "offset-labels.gz" : "offset-labels");
+    write_file(ip, img, build_images(img, 0x803, N, N, ROWS, COLS), gz);
+    write_file(lp, lab, build_labels(lab, N, N), gz);
+
+    const int64_t cases[][2] = {{1, 0}, {3, 2}, {6, 0}, {6, 5}, {2, 5}, {4, 3}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const int64_t offset = cases[k][0], limit = cases[k][1];
+        const int64_t rest = N - offset;
+        const int64_t expect = limit <= 0 || limit > rest ? rest : limit;
+        tf_image_set *set = NULL;
+        tf_status st = idx_image_set_load(ip, lp, offset, limit, &set);
+        TU_CHECK(st == TF_OK, "offset %lld, limit %lld: status %s: %s", (long long)offset,
+                 (long long)limit, tf_status_str(st), tf_error_get());
+        if (!set) continue;
+        TU_CHECK(set_matches_from(set, offset, expect, ROWS, COLS),
+                 "offset %lld, limit %lld: contents differ (count %lld, expected %lld)",
+                 (long long)offset, (long long)limit, (long long)set->count, (long long)expect);
+        int max_label = 0;
+        for (int64_t i = offset; i < offset + expect; i++)
+            if (label_at((int)i) > max_label) max_label = label_at((int)i);
+        validate_idx_info info;
+        st = validate_idx_pair(ip, lp, offset, limit, &info);
+        TU_CHECK(st == TF_OK && info.used == expect && info.max_label == max_label,
+                 "offset %lld, limit %lld: validation gives status %s, %lld images and largest "
+                 "label %d; expected %lld and %d",
+                 (long long)offset, (long long)limit, tf_status_str(st), (long long)info.used,
+                 info.max_label, (long long)expect, max_label);
+        idx_image_set_free(&set);
+    }
+    const int64_t bad[] = {N, N + 3, -1};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        tf_image_set *set = NULL;
+        tf_status st = idx_image_set_load(ip, lp, bad[k], 0, &set);
+        TU_CHECK(st == TF_ERR_ARG && set == NULL && strstr(tf_error_get(), ip) &&
+                     strstr(tf_error_get(), "leaves none"),
+                 "offset %lld: loader status %s, message: %s", (long long)bad[k], tf_status_str(st),
+                 tf_error_get());
+        validate_idx_info info;
+        st = validate_idx_pair(ip, lp, bad[k], 0, &info);
+        TU_CHECK(st == TF_ERR_ARG && strstr(tf_error_get(), ip) &&
+                     strstr(tf_error_get(), "leaves none"),
+                 "offset %lld: validation status %s, message: %s", (long long)bad[k],
+                 tf_status_str(st), tf_error_get());
+    }
+    remove(ip);
+    remove(lp);
+}
+
 /* Loads and expects `want` with a message that contains `needle` (and the file name). */
 static void expect_failure(const char *what, const char *ip, const char *lp, tf_status want,
                            const char *needle, const char *named_file)
 {
     tf_image_set *set = (tf_image_set *)&set; /* must be reset to NULL on failure */
-    tf_status st = idx_image_set_load(ip, lp, 0, &set);
+    tf_status st = idx_image_set_load(ip, lp, 0, 0, &set);
     const char *msg = tf_error_get();
     TU_CHECK(st == want, "%s: status %s, expected %s (message: %s)", what, tf_status_str(st),
              tf_status_str(want), msg);
@@ -217,7 +283,7 @@ static void test_fashion_mnist(void)
         return;
     }
     tf_image_set *set = NULL;
-    tf_status st = idx_image_set_load(ip, lp, 0, &set);
+    tf_status st = idx_image_set_load(ip, lp, 0, 0, &set);
     TU_CHECK(st == TF_OK, "Fashion-MNIST: %s", tf_error_get());
     if (!set) return;
     TU_CHECK(set->count == 10000, "Fashion-MNIST count %lld, expected 10000",
@@ -238,7 +304,7 @@ static void test_fashion_mnist(void)
              (long long)nonzero);
     idx_image_set_free(&set);
 
-    st = idx_image_set_load(ip, lp, 123, &set);
+    st = idx_image_set_load(ip, lp, 0, 123, &set);
     TU_CHECK(st == TF_OK && set && set->count == 123, "Fashion-MNIST with limit 123: %s",
              tf_error_get());
     idx_image_set_free(&set);
@@ -254,6 +320,8 @@ int main(int argc, char **argv)
 
     test_valid(0);
     test_valid(1);
+    test_offset(0);
+    test_offset(1);
     test_malformed(0);
     test_malformed(1);
     test_cut_gzip();

@@ -32,6 +32,8 @@ static void test_valid(void)
     TU_CHECK(t->epochs == 2 && t->seed == 7 && t->batch_size == 128, "train fields wrong");
     TU_CHECK(strstr(t->data.train_images, "train-images-idx3-ubyte.gz") != NULL,
              "default training images path wrong: %s", t->data.train_images);
+    TU_CHECK(t->data.train_offset == 0 && t->data.train_limit == 0,
+             "default train_offset and train_limit must be 0");
     const job_fuse *f = &job->tasks[1].fuse;
     TU_CHECK(f->n_parents == 3 && f->anchor == 1, "parents or anchor wrong");
     TU_CHECK(f->weights[1] == 0.5, "weights wrong");
@@ -90,6 +92,8 @@ static void test_invalid(void)
                  "must be an integer");
     expect_error(TRAIN_HEAD "\"model\": {\"d\": 64.5}}]}", "tasks[0].model.d", "integer");
     expect_error(TRAIN_HEAD "\"model\": {\"d\": 0}}]}", "tasks[0].model.d", "out of range");
+    expect_error(TRAIN_HEAD "\"model\": {}, \"data\": {\"train_offset\": -1}}]}",
+                 "tasks[0].data.train_offset", "-1");
     expect_error(TRAIN_HEAD "\"model\": {\"d\": 30, \"heads\": 4}}]}", "tasks[0].model.d",
                  "multiple of heads");
     expect_error(TRAIN_HEAD "\"model\": {\"patch\": 5}}]}", "image_size", "patch");

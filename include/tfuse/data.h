@@ -17,8 +17,9 @@ typedef struct {
 } tf_image_set;
 
 /* Reads an idx3 image file and an idx1 label file, each gzip-compressed or plain (detected
- * by the gzip magic bytes 1f 8b), and keeps the first `limit` images (limit <= 0 or
- * limit >= count: all). Not collective: any rank may call it.
+ * by the gzip magic bytes 1f 8b), skips the first `offset` images and keeps the next
+ * `limit` (limit <= 0 or past the end: all the rest). An offset outside [0, count) fails
+ * with TF_ERR_ARG. Not collective: any rank may call it.
  *
  * Validates the magic numbers, the dimensions, that both files hold the same count and
  * that neither is truncated. Labels are bytes (< 256), so the caller checks them against
@@ -26,8 +27,8 @@ typedef struct {
  * too. On success *out receives a set that the caller frees with idx_image_set_free.
  * Failures return TF_ERR_IO (missing or unreadable file) or TF_ERR_FORMAT (malformed
  * contents), with a message naming the file, the expected and the found value. */
-tf_status idx_image_set_load(const char *images_path, const char *labels_path, int64_t limit,
-                             tf_image_set **out);
+tf_status idx_image_set_load(const char *images_path, const char *labels_path, int64_t offset,
+                             int64_t limit, tf_image_set **out);
 
 /* Frees the set and sets *set to NULL; accepts NULL and a pointer to NULL. */
 void idx_image_set_free(tf_image_set **set);

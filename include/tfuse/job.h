@@ -30,7 +30,8 @@ typedef struct {
     char train_labels[JOB_PATH_MAX];
     char test_images[JOB_PATH_MAX];
     char test_labels[JOB_PATH_MAX];
-    int64_t train_limit; /* images used, 0 = all */
+    int64_t train_offset; /* training images skipped before the used ones */
+    int64_t train_limit;  /* images used, 0 = all */
     int64_t test_limit;
     int has_text; /* 1: a verse corpus for BERT (text), 0: idx image files */
     job_text text;

@@ -12,20 +12,21 @@
 /* What validate_idx_pair learned about an image and label file pair. */
 typedef struct {
     int64_t count;  /* images in the files */
-    int64_t used;   /* images a loader with the same limit keeps */
+    int64_t offset; /* images skipped before the used ones */
+    int64_t used;   /* images a loader with the same offset and limit keeps */
     int rows, cols; /* pixels per image */
     int max_label;  /* largest label among the used images */
 } validate_idx_info;
 
 /* Checks an idx3 image file and an idx1 label file as idx_image_set_load would read them
- * with the same limit: magic numbers, dimensions, equal counts, and file lengths (a file
- * shorter than its header promises is rejected, and when limit keeps all images so is one
- * with bytes after the data). Reads the headers and the used labels; gzip files are
- * decompressed once to measure their length, without keeping the pixels. Returns TF_ERR_IO
- * for a missing or unreadable file and TF_ERR_FORMAT for malformed contents, with a
- * message naming the file and the expected and found values. */
-tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t limit,
-                            validate_idx_info *info);
+ * with the same offset and limit (an offset outside [0, count) fails): magic numbers, dimensions,
+ * equal counts, and file lengths (a file shorter than its header promises is rejected, and when
+ * limit keeps all images so is one with bytes after the data). Reads the headers and the used
+ * labels; gzip files are decompressed once to measure their length, without keeping the pixels.
+ * Returns TF_ERR_IO for a missing or unreadable file and TF_ERR_FORMAT for malformed contents, with
+ * a message naming the file and the expected and found values. */
+tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t offset,
+                            int64_t limit, validate_idx_info *info);
 
 /* Checks a model file. It must be an HDF5 file with the root attributes of a tfuse model
  * (format "tfuse-model", format_version 1, architecture "vit", the vit_config fields) and

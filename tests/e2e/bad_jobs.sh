@@ -75,6 +75,8 @@ expect incompatible_parents '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p
     "layers"
 expect too_many_calibration '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/p.h5"], '"$small"', "calibration_samples": 5000, "methods": [{"name": "ot"}], "output_dir": "'"$out"'/fused"}]}' \
     "calibration_samples" "5000"
+expect offset_past_end '{"tasks": [{"task": "train", '"$model"', "data": {"train_offset": 60000}, "steps": 1, "output": "'"$out"'/x.h5"}]}' \
+    "train_offset = 60000" "train-images" "60000 images" "leaves none"
 expect bad_labels '{"tasks": [{"task": "train", "model": {"d": 16, "layers": 1, "heads": 2, "mlp": 32, "classes": 5}, '"$small"', "steps": 1, "output": "'"$out"'/x.h5"}]}' \
     "label" "class"
 expect weights_not_normalized '{"tasks": [{"task": "fuse", "parents": ["'"$out"'/p.h5", "'"$out"'/p.h5"], "weights": [0.7, 0.7], "methods": [{"name": "v"}]}]}' \
