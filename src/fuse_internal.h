@@ -182,8 +182,8 @@ tf_status fuse_position_map(const fuse_view *parent, const fuse_view *anchor,
 tf_status fuse_weight_maps(const vit_model *parent, const vit_model *anchor,
                            const fuse_options *opt, fuse_maps *maps);
 
-/* The number of doubles the summed statistics of every parent but the anchor take: each
- * parent's buffer followed by its sample count, back to back. */
+/* Returns the number of doubles that the summed statistics of every parent but the anchor
+ * take: each parent's buffer followed by its sample count, back to back. */
 int64_t fuse_stats_sums_len(fuse_stats *const *stats, int n_parents, int anchor);
 /* Collective on comm. setup is this rank's status after allocating what fill needs; when
  * it or any other rank's failed, every rank returns a failure before reducing. Otherwise

@@ -42,7 +42,7 @@ tf_status runner_set_provenance(struct h5f_file *h5, const job_fuse *f, const jo
                                 int finetuned);
 /* Writes a model under group of an open file. */
 typedef tf_status (*runner_model_writer)(const void *model, struct h5f_file *h5, const char *group);
-/* Writes what a fused model file holds besides the model: the attributes fusion_method,
+/* Writes what a fused model file contains besides the model: the attributes fusion_method,
  * fusion_config, fusion_job, fusion_anchor and fusion_parent<p>, and, as the task asks,
  * each parent aligned into the anchor's basis (aligned[p], written by write_model; aligned
  * may be NULL) and its transport maps (maps[p] may be NULL). d and mlp give each parent's

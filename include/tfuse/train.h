@@ -39,9 +39,9 @@ typedef struct {
     int64_t stop_after;
 } train_schedule;
 
-/* Writes the settings of sch that a training checkpoint must match to s (the count of
- * training examples under count_name) and returns their number; the caller appends the
- * model's. */
+/* Writes to s the settings of sch that a training checkpoint must match, with the count of
+ * training examples under the name count_name, and returns their number. The caller
+ * appends the settings of its model after them. */
 int train_schedule_settings(const train_schedule *sch, const char *count_name, int64_t count,
                             ckpt_setting *s);
 

@@ -19,12 +19,13 @@ typedef struct {
 } validate_idx_info;
 
 /* Checks an idx3 image file and an idx1 label file as idx_image_set_load would read them
- * with the same offset and limit (an offset outside [0, count) fails): magic numbers, dimensions,
- * equal counts, and file lengths (a file shorter than its header promises is rejected, and when
- * limit keeps all images so is one with bytes after the data). Reads the headers and the used
- * labels; gzip files are decompressed once to measure their length, without keeping the pixels.
- * Returns TF_ERR_IO for a missing or unreadable file and TF_ERR_FORMAT for malformed contents, with
- * a message naming the file and the expected and found values. */
+ * with the same offset and limit. The checks cover magic numbers, dimensions, equal counts
+ * and file lengths. A file shorter than its header promises is rejected, and so is one with
+ * bytes after the data when all images after the offset are kept. It reads the headers and
+ * the used labels, and decompresses gzip files once to measure their length without keeping
+ * the pixels. Returns TF_ERR_IO for a missing or unreadable file, TF_ERR_FORMAT for
+ * malformed contents and TF_ERR_ARG for an offset outside [0, count), with a message naming
+ * the file and the expected and found values. */
 tf_status validate_idx_pair(const char *images_path, const char *labels_path, int64_t offset,
                             int64_t limit, validate_idx_info *info);
 
